@@ -132,7 +132,11 @@ fn classify(name: &str) -> (ChannelKind, bool) {
     // Longest prefixes first: "private-encrypted-" also starts with "private-".
     const PREFIXES: [(&str, ChannelKind, bool); 8] = [
         (SERVER_TO_USER_PREFIX, ChannelKind::ServerToUser, false),
-        ("private-encrypted-cache-", ChannelKind::PrivateEncrypted, true),
+        (
+            "private-encrypted-cache-",
+            ChannelKind::PrivateEncrypted,
+            true,
+        ),
         ("private-encrypted-", ChannelKind::PrivateEncrypted, false),
         ("private-cache-", ChannelKind::Private, true),
         ("private-", ChannelKind::Private, false),
@@ -163,16 +167,24 @@ mod tests {
         assert_eq!(kind("cache-news"), (ChannelKind::Public, true));
         assert_eq!(kind("private-a"), (ChannelKind::Private, false));
         assert_eq!(kind("private-cache-a"), (ChannelKind::Private, true));
-        assert_eq!(kind("private-encrypted-a"), (ChannelKind::PrivateEncrypted, false));
+        assert_eq!(
+            kind("private-encrypted-a"),
+            (ChannelKind::PrivateEncrypted, false)
+        );
         assert_eq!(
             kind("private-encrypted-cache-a"),
             (ChannelKind::PrivateEncrypted, true)
         );
         assert_eq!(kind("presence-room"), (ChannelKind::Presence, false));
         assert_eq!(kind("presence-cache-room"), (ChannelKind::Presence, true));
-        assert_eq!(kind("#server-to-user-42"), (ChannelKind::ServerToUser, false));
         assert_eq!(
-            ChannelName::parse("#server-to-user-42").unwrap().target_user(),
+            kind("#server-to-user-42"),
+            (ChannelKind::ServerToUser, false)
+        );
+        assert_eq!(
+            ChannelName::parse("#server-to-user-42")
+                .unwrap()
+                .target_user(),
             Some("42")
         );
     }
@@ -196,8 +208,12 @@ mod tests {
     #[test]
     fn client_events_only_on_private_and_presence() {
         assert!(!ChannelName::parse("x").unwrap().allows_client_events());
-        assert!(ChannelName::parse("private-x").unwrap().allows_client_events());
-        assert!(ChannelName::parse("presence-x").unwrap().allows_client_events());
+        assert!(ChannelName::parse("private-x")
+            .unwrap()
+            .allows_client_events());
+        assert!(ChannelName::parse("presence-x")
+            .unwrap()
+            .allows_client_events());
         assert!(!ChannelName::parse("private-encrypted-x")
             .unwrap()
             .allows_client_events());

@@ -27,7 +27,11 @@ fn mac(secret: &str, message: &str) -> HmacSha256 {
 }
 
 /// The string a channel `auth` signs: `socket_id:channel[:channel_data]`.
-pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+pub fn channel_string_to_sign(
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),

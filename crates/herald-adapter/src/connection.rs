@@ -1,0 +1,167 @@
+//! The adapter's handle on one WebSocket connection: a bounded outbound queue
+//! drained by that connection's writer task, and a one-shot close request.
+//!
+//! Enqueueing never waits: a full queue means the client stopped reading, so
+//! the connection is asked to close with 4100 instead of growing memory or
+//! delaying anyone else.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use herald_protocol::{ErrorCode, SocketId};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A frame on its way to a client. Text frames hold shared `Bytes`, so a
+/// clone per recipient is a reference-count bump.
+pub type Frame = tokio_tungstenite::tungstenite::Message;
+
+/// What happened to one enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Queued,
+    /// The queue was full: the connection is now closing with 4100.
+    SlowConsumer,
+    /// The connection is already gone or closing.
+    Closed,
+}
+
+/// One connection as the adapter sees it.
+pub struct Connection {
+    pub socket_id: SocketId,
+    outbox: mpsc::Sender<Frame>,
+    close_code: AtomicU16,
+    closed: CancellationToken,
+    state: Mutex<ConnectionState>,
+}
+
+/// What a connection has joined; touched by its own task and by cleanup only.
+#[derive(Default)]
+struct ConnectionState {
+    channels: HashSet<Arc<str>>,
+    user: Option<SignedIn>,
+}
+
+/// The user a connection signed in as, and whom it watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedIn {
+    pub user_id: Arc<str>,
+    pub watchlist: Vec<Arc<str>>,
+}
+
+impl Connection {
+    /// A handle plus the receiving end its writer task drains.
+    pub fn new(socket_id: SocketId, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        let conn = Arc::new(Self {
+            socket_id,
+            outbox: tx,
+            close_code: AtomicU16::new(0),
+            closed: CancellationToken::new(),
+            state: Mutex::new(ConnectionState::default()),
+        });
+        (conn, rx)
+    }
+
+    /// Enqueues a frame without waiting.
+    pub fn send(&self, frame: Frame) -> SendOutcome {
+        if self.closed.is_cancelled() {
+            return SendOutcome::Closed;
+        }
+        match self.outbox.try_send(frame) {
+            Ok(()) => SendOutcome::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(ErrorCode::OVER_CAPACITY);
+                SendOutcome::SlowConsumer
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => SendOutcome::Closed,
+        }
+    }
+
+    /// Asks the connection's task to close with `code` (the first request wins).
+    pub fn close(&self, code: ErrorCode) {
+        let _ =
+            self.close_code
+                .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
+        self.closed.cancel();
+    }
+
+    /// The code a close was requested with, if any.
+    pub fn close_requested(&self) -> Option<ErrorCode> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(ErrorCode(code)),
+        }
+    }
+
+    /// Resolves when a close has been requested.
+    pub async fn closing(&self) {
+        self.closed.cancelled().await
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Marks the connection as leaving without a close code (it disconnected).
+    pub fn mark_leaving(&self) {
+        self.closed.cancel();
+    }
+
+    pub(crate) fn join(&self, channel: &Arc<str>) -> bool {
+        self.state.lock().channels.insert(channel.clone())
+    }
+
+    pub(crate) fn leave(&self, channel: &str) -> bool {
+        self.state.lock().channels.remove(channel)
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.state.lock().channels.contains(channel)
+    }
+
+    pub(crate) fn take_channels(&self) -> Vec<Arc<str>> {
+        self.state.lock().channels.drain().collect()
+    }
+
+    pub(crate) fn set_user(&self, user: SignedIn) -> Option<SignedIn> {
+        self.state.lock().user.replace(user)
+    }
+
+    pub(crate) fn take_user(&self) -> Option<SignedIn> {
+        self.state.lock().user.take()
+    }
+
+    /// The user id this connection signed in as.
+    pub fn user_id(&self) -> Option<Arc<str>> {
+        self.state.lock().user.as_ref().map(|u| u.user_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_closes_with_over_capacity() {
+        let (conn, mut rx) = Connection::new(SocketId { major: 1, minor: 1 }, 2);
+        let frame = crate::text_frame("x".into());
+        assert_eq!(conn.send(frame.clone()), SendOutcome::Queued);
+        assert_eq!(conn.send(frame.clone()), SendOutcome::Queued);
+        assert_eq!(conn.send(frame.clone()), SendOutcome::SlowConsumer);
+        assert_eq!(conn.close_requested(), Some(ErrorCode::OVER_CAPACITY));
+        assert_eq!(conn.send(frame.clone()), SendOutcome::Closed);
+        conn.closing().await;
+        assert!(rx.recv().await.is_some());
+    }
+
+    #[test]
+    fn first_close_code_wins() {
+        let (conn, _rx) = Connection::new(SocketId { major: 1, minor: 1 }, 2);
+        conn.close(ErrorCode::UNAUTHORIZED);
+        conn.close(ErrorCode::OVER_CAPACITY);
+        assert_eq!(conn.close_requested(), Some(ErrorCode::UNAUTHORIZED));
+    }
+}
