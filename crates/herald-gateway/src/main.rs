@@ -1,1 +1,37 @@
-fn main() {}
+//! The `herald` binary: configuration from flags, env and file; run until
+//! SIGTERM or Ctrl-C; then drain.
+
+use clap::Parser;
+use herald_gateway::{logging, Cli, Config, Server};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli, |key| std::env::var(key).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    logging::init(&config);
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    server.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

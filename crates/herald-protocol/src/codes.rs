@@ -36,6 +36,8 @@ impl ErrorCode {
     pub const CLIENT_EVENT_REJECTED: Self = Self(4301);
     /// Non-fatal: the frame could not be understood (bad JSON, unknown event).
     pub const BAD_FRAME: Self = Self(4302);
+    /// WebSocket close code: a message exceeded the configured maximum.
+    pub const MESSAGE_TOO_BIG: Self = Self(1009);
 
     /// The numeric value, as sent in `pusher:error` and as the close code.
     pub fn as_u16(self) -> u16 {

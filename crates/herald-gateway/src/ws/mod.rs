@@ -1,0 +1,8 @@
+//! The WebSocket side of the gateway: the upgrade at `/app/{key}` and one
+//! session (a reader task plus a writer task) per connection.
+
+mod session;
+mod upgrade;
+mod writer;
+
+pub use upgrade::route;

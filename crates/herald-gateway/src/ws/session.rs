@@ -1,0 +1,334 @@
+//! One client connection: the reader loop that understands the client's
+//! frames, and the bookkeeping around it (keep-alive, sign-in deadline,
+//! client-event rate limit, departure).
+//!
+//! The reader never writes to the socket itself: every reply is queued on
+//! the connection's bounded outbox, drained by the writer task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use herald_adapter::{text_frame, Connection, PresenceFull};
+use herald_metrics::Rejection;
+use herald_protocol::message::{self, ClientMessage, EventData};
+use herald_protocol::presence::{parse_channel_data, parse_user_data};
+use herald_protocol::{sign, ChannelKind, ChannelName, ErrorCode, SocketId};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::upgrade::Admission;
+use super::writer;
+use crate::apps::App;
+use crate::hub;
+use crate::state::State;
+
+/// Serves one upgraded WebSocket until it closes.
+pub(super) async fn run<S>(state: Arc<State>, ws: S, admission: Admission)
+where
+    S: Stream<Item = Result<Message, WsError>> + futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let socket_id = SocketId::random();
+    let (conn, queue) = Connection::new(socket_id, state.config.outbound_queue);
+    let app = match admission {
+        Admission::Accept(app) => app,
+        Admission::Refuse(code) => {
+            conn.close(code);
+            writer::run(sink, queue, conn).await;
+            return;
+        }
+    };
+    let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
+    app.namespace.add_connection(conn.clone());
+    app.metrics.connection_opened();
+    let activity_timeout = state.config.activity_timeout;
+    conn.send(text_frame(message::connection_established(socket_id, activity_timeout.as_secs())));
+
+    let mut session = Session {
+        state: state.clone(),
+        app: app.clone(),
+        conn: conn.clone(),
+        presence_users: HashMap::new(),
+        rate: RateLimiter::new(app.config.client_event_rate),
+    };
+    session.read(stream).await;
+
+    let departure = app.namespace.remove_connection(&conn);
+    hub::departed(&state, &app, departure).await;
+    app.metrics.connection_closed();
+    let _ = writer.await;
+}
+
+struct Session {
+    state: Arc<State>,
+    app: Arc<App>,
+    conn: Arc<Connection>,
+    /// Presence channels joined: channel → the user id joined as.
+    presence_users: HashMap<String, Arc<str>>,
+    rate: RateLimiter,
+}
+
+impl Session {
+    async fn read<S>(&mut self, mut stream: S)
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let activity = self.state.config.activity_timeout;
+        let pong_timeout = self.state.config.pong_timeout;
+        let signin_timeout = self.app.config.user_authentication_timeout;
+        let signin_deadline = Instant::now() + Duration::from_secs(signin_timeout);
+        let mut last_seen = Instant::now();
+        let mut ping_sent = false;
+        loop {
+            let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
+            let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
+            tokio::select! {
+                biased;
+                _ = self.conn.closing() => break,
+                _ = self.state.shutdown.cancelled() => self.conn.close(ErrorCode::RECONNECT),
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    ping_sent = false;
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            self.app.metrics.ws_messages_received.increment(1);
+                            self.app.metrics.ws_bytes_received.increment(text.len() as u64);
+                            self.handle_text(text.as_str()).await;
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.app.metrics.rejected(Rejection::BadFrame);
+                            self.error(ErrorCode::BAD_FRAME, "binary frames are not part of the Pusher protocol");
+                        }
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(WsError::Capacity(_))) => {
+                            self.app.metrics.rejected(Rejection::PayloadTooLarge);
+                            self.conn.close(ErrorCode::MESSAGE_TOO_BIG);
+                        }
+                        Some(Err(_)) => break,
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    if ping_sent {
+                        self.conn.close(ErrorCode::PONG_NOT_RECEIVED);
+                    } else {
+                        self.conn.send(text_frame(message::ping()));
+                        ping_sent = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(signin_deadline), if awaiting_signin => {
+                    self.conn.close(ErrorCode::UNAUTHORIZED);
+                }
+            }
+        }
+    }
+
+    fn error(&self, code: ErrorCode, text: &str) {
+        self.conn.send(text_frame(message::error(Some(code), text)));
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let parsed = match ClientMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.app.metrics.rejected(Rejection::BadFrame);
+                return self.error(ErrorCode::BAD_FRAME, &e.to_string());
+            }
+        };
+        match parsed {
+            ClientMessage::Ping => {
+                self.conn.send(text_frame(message::pong()));
+            }
+            ClientMessage::Pong => {}
+            ClientMessage::Subscribe { channel, auth, channel_data } => {
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await
+            }
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
+            ClientMessage::ClientEvent { event, channel, data } => {
+                self.client_event(&event, &channel, &data, text.len()).await
+            }
+        }
+    }
+
+    fn subscription_error(&self, channel: &str, kind: &str, text: &str, status: u16) {
+        self.conn.send(text_frame(message::subscription_error(channel, kind, text, status)));
+    }
+
+    async fn subscribe(&mut self, channel: &str, auth: Option<&str>, channel_data: Option<&str>) {
+        let name = match ChannelName::parse(channel) {
+            Ok(name) => name,
+            Err(e) => {
+                self.app.metrics.rejected(Rejection::BadRequest);
+                return self.subscription_error(channel, "InvalidChannel", &e.to_string(), 400);
+            }
+        };
+        let config = &self.app.config;
+        if name.requires_auth() {
+            let socket_id = self.conn.socket_id.to_string();
+            let data = if name.kind() == ChannelKind::Presence { channel_data } else { None };
+            let to_sign = sign::channel_string_to_sign(&socket_id, channel, data);
+            let valid = auth.is_some_and(|auth| sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth));
+            if !valid || (name.kind() == ChannelKind::Presence && channel_data.is_none()) {
+                self.app.metrics.rejected(Rejection::SubscriptionAuth);
+                return self.subscription_error(channel, "AuthError", "Invalid signature", 401);
+            }
+        }
+        if let Some(user) = name.target_user() {
+            if self.conn.user_id().as_deref() != Some(user) {
+                self.app.metrics.rejected(Rejection::SubscriptionAuth);
+                return self.subscription_error(channel, "AuthError", "Sign in as this user first", 403);
+            }
+        }
+        let member = match (name.kind(), channel_data) {
+            (ChannelKind::Presence, Some(data)) => match parse_channel_data(data) {
+                Ok(member) => Some(member),
+                Err(e) => {
+                    self.app.metrics.rejected(Rejection::BadRequest);
+                    return self.subscription_error(channel, "InvalidChannelData", &e.to_string(), 400);
+                }
+            },
+            _ => None,
+        };
+        if let Some(member) = &member {
+            if member.user_info.to_string().len() > config.max_presence_user_info_bytes {
+                self.app.metrics.rejected(Rejection::PresenceLimit);
+                let text = format!("user_info is larger than {} bytes", config.max_presence_user_info_bytes);
+                return self.subscription_error(channel, "LimitReached", &text, 400);
+            }
+        }
+        let joined = member.as_ref().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
+        let outcome =
+            match self.app.namespace.subscribe(&self.conn, channel, member, config.max_presence_members, name.is_cache())
+            {
+                Ok(outcome) => outcome,
+                Err(PresenceFull(max)) => {
+                    self.app.metrics.rejected(Rejection::PresenceLimit);
+                    let text = format!("presence channel already has {max} members");
+                    return self.subscription_error(channel, "LimitReached", &text, 403);
+                }
+            };
+        if outcome.already_subscribed {
+            return;
+        }
+        self.app.metrics.subscribed(name.kind().index());
+        if let Some((user_id, info)) = joined {
+            if outcome.member_added {
+                hub::member_joined(&self.state, &self.app, channel, self.conn.socket_id, &user_id, &info).await;
+            }
+            self.presence_users.insert(channel.to_string(), user_id);
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        self.presence_users.remove(channel);
+        if let Some(outcome) = self.app.namespace.unsubscribe(&self.conn, channel) {
+            hub::channel_left(&self.state, &self.app, channel, outcome).await;
+        }
+    }
+
+    fn sign_in(&mut self, auth: &str, user_data: &str) {
+        let config = &self.app.config;
+        let to_sign = sign::user_string_to_sign(&self.conn.socket_id.to_string(), user_data);
+        if !sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth) {
+            self.app.metrics.rejected(Rejection::SubscriptionAuth);
+            return self.conn.close(ErrorCode::UNAUTHORIZED);
+        }
+        let user = match parse_user_data(user_data) {
+            Ok(user) => user,
+            Err(_) => {
+                self.app.metrics.rejected(Rejection::BadRequest);
+                return self.conn.close(ErrorCode::UNAUTHORIZED);
+            }
+        };
+        let outcome = self.app.namespace.sign_in(&self.conn, &user.id, &user.watchlist);
+        self.conn.send(text_frame(message::signin_success(user_data)));
+        if let Some(frame) = hub::watchlist_snapshot(&user.watchlist, &outcome.online_watched) {
+            self.conn.send(frame);
+        }
+        if outcome.came_online && !outcome.watchers.is_empty() {
+            herald_adapter::send_all(&outcome.watchers, &hub::came_online(&user.id));
+        }
+    }
+
+    async fn client_event(&mut self, event: &str, channel: &str, data: &Value, frame_len: usize) {
+        let config = &self.app.config;
+        let refuse = |s: &Self, why: Rejection, text: &str| {
+            s.app.metrics.rejected(why);
+            s.error(ErrorCode::CLIENT_EVENT_REJECTED, text);
+        };
+        if !config.client_events {
+            return refuse(self, Rejection::ClientEventRefused, "client events are disabled for this app");
+        }
+        let allowed = ChannelName::parse(channel).is_ok_and(|n| n.allows_client_events());
+        if !allowed {
+            return refuse(
+                self,
+                Rejection::ClientEventRefused,
+                "client events are only allowed on private and presence channels",
+            );
+        }
+        if !self.conn.is_subscribed(channel) {
+            return refuse(self, Rejection::ClientEventRefused, "subscribe to the channel before sending client events");
+        }
+        if event.len() > config.max_event_name_len {
+            return refuse(self, Rejection::ClientEventRefused, "event name is too long");
+        }
+        if EventData::Json(data).len() > config.max_event_payload_bytes || frame_len > self.state.config.max_frame_bytes
+        {
+            return refuse(self, Rejection::PayloadTooLarge, "event payload is too large");
+        }
+        if !self.rate.allow() {
+            return refuse(self, Rejection::ClientEventRateLimited, "client event rate limit exceeded");
+        }
+        let user_id = self.presence_users.get(channel).cloned();
+        let frame = text_frame(message::event(event, Some(channel), EventData::Json(data), user_id.as_deref()));
+        self.app.metrics.client_events.increment(1);
+        hub::broadcast(&self.state, &self.app, channel, frame, Some(self.conn.socket_id)).await;
+    }
+}
+
+/// A token bucket: `rate` events per second, bursts of up to `rate`.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self { rate, tokens: rate, refilled: Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_allows_the_rate_then_refills() {
+        let mut r = RateLimiter::new(10);
+        assert!((0..10).all(|_| r.allow()));
+        assert!(!r.allow());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(r.allow());
+        assert!(!r.allow());
+    }
+}

@@ -1,0 +1,150 @@
+//! Our own WebSocket upgrade, so tungstenite is configured by us: warp's
+//! `ws()` cannot set the read buffer and would allocate 128 KiB per
+//! connection. We check the handshake headers, answer 101 ourselves, take
+//! hyper's `OnUpgrade` and build the stream with small, bounded buffers.
+//!
+//! App and protocol checks happen after the handshake, because pusher-js
+//! only understands refusals sent as `pusher:error` + a close code.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_metrics::Rejection as Rejected;
+use herald_protocol::ErrorCode;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{HeaderMap, Response, StatusCode};
+use warp::Filter;
+
+use super::session;
+use crate::apps::App;
+use crate::state::State;
+
+/// Lowest protocol version served.
+const MIN_PROTOCOL: u32 = 7;
+
+type Reply = Response<Bytes>;
+
+/// `GET /app/{key}`: the WebSocket endpoint.
+pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+    warp::path!("app" / String)
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(crate::rest::raw_query())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(move |key: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
+            upgrade(state.clone(), key, &headers, &query, on_upgrade)
+        })
+}
+
+/// Whether a handshaken connection is served or refused.
+pub(super) enum Admission {
+    Accept(Arc<App>),
+    Refuse(ErrorCode),
+}
+
+fn upgrade(state: Arc<State>, key: String, headers: &HeaderMap, query: &str, on_upgrade: Option<OnUpgrade>) -> Reply {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let connection_upgrade = header("connection")
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade || !header("upgrade").eq_ignore_ascii_case("websocket") {
+        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    }
+    if header("sec-websocket-version") != "13" {
+        let mut r = plain(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
+        r.headers_mut().insert("sec-websocket-version", "13".parse().expect("static header"));
+        return r;
+    }
+    let ws_key = header("sec-websocket-key");
+    let (Some(on_upgrade), false) = (on_upgrade, ws_key.is_empty()) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key or upgrade state");
+    };
+    if state.is_draining() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let admission = admit(&state, &key, query);
+    let accept = derive_accept_key(ws_key.as_bytes());
+    let config = ws_config(&state);
+    let task_state = state.clone();
+    state.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                session::run(task_state, ws, admission).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Bytes::new())
+        .expect("valid 101 response")
+}
+
+/// Small read buffer, bounded write buffer, Pusher-sized messages.
+fn ws_config(state: &State) -> WebSocketConfig {
+    let max = state.config.max_frame_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+fn admit(state: &State, key: &str, query: &str) -> Admission {
+    let protocol = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v);
+    let reject = |why: Rejected| {
+        if let Some(app) = state.apps.by_key(key) {
+            app.metrics.rejected(why);
+        }
+    };
+    match protocol.as_deref().map(str::parse::<u32>) {
+        None => {
+            reject(Rejected::BadProtocolVersion);
+            return Admission::Refuse(ErrorCode::UNSUPPORTED_PROTOCOL);
+        }
+        Some(Err(_)) => {
+            reject(Rejected::BadProtocolVersion);
+            return Admission::Refuse(ErrorCode::INVALID_VERSION);
+        }
+        Some(Ok(v)) if v < MIN_PROTOCOL => {
+            reject(Rejected::BadProtocolVersion);
+            return Admission::Refuse(ErrorCode::UNSUPPORTED_PROTOCOL);
+        }
+        Some(Ok(_)) => {}
+    }
+    let Some(app) = state.apps.by_key(key) else {
+        state.metrics.node().unknown_app_rejections.increment(1);
+        return Admission::Refuse(ErrorCode::APP_NOT_FOUND);
+    };
+    if !app.config.enabled {
+        app.metrics.rejected(Rejected::AppDisabled);
+        return Admission::Refuse(ErrorCode::APP_DISABLED);
+    }
+    let max = app.config.max_connections;
+    if max > 0 && app.namespace.connection_count() >= max {
+        app.metrics.rejected(Rejected::OverConnectionQuota);
+        return Admission::Refuse(ErrorCode::OVER_CONNECTION_QUOTA);
+    }
+    Admission::Accept(app.clone())
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Bytes::from_static(text.as_bytes()))
+        .expect("valid response")
+}
