@@ -1,1 +1,295 @@
-//! e2e helpers
+//! Helpers for end-to-end tests: a real Herald node on loopback ports, real
+//! WebSocket clients speaking the Pusher protocol, and a REST client that
+//! signs requests the way the official server SDKs do.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_gateway::{AppConfig, Config, Server};
+use herald_protocol::{rest_auth, sign};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A Herald node started in-process on free loopback ports.
+pub struct TestServer {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub app: AppConfig,
+}
+
+/// A config for tests: loopback, free ports, the default app.
+pub fn test_config() -> Config {
+    Config {
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        metrics_port: 0,
+        node_id: "test".into(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// Starts a node after `tweak` adjusts the test config.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let app = config.apps[0].clone();
+        let server = Server::start(config).await.expect("server starts");
+        Self { addr: server.addr(), metrics_addr: server.metrics_addr(), server: Some(server), app }
+    }
+
+    pub fn ws_url(&self, key: &str) -> String {
+        format!("ws://{}/app/{key}?protocol=7&client=js&version=8.6.0&flash=false", self.addr)
+    }
+
+    /// Connects with the default app's key and reads `connection_established`.
+    pub async fn connect(&self) -> Client {
+        let mut client = Client::open(&self.ws_url(&self.app.key)).await;
+        let established = client.recv_event("pusher:connection_established").await;
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client.app = self.app.clone();
+        client
+    }
+
+    pub fn rest(&self) -> Rest {
+        Rest { base: format!("http://{}", self.addr), app: self.app.clone(), http: reqwest::Client::new() }
+    }
+
+    /// The Prometheus exposition text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
+    }
+
+    /// Drains the node (as SIGTERM does).
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.state().start_drain();
+        }
+    }
+}
+
+/// A raw WebSocket client speaking the Pusher protocol.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub socket_id: String,
+    pub app: AppConfig,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16),
+    NoCode,
+}
+
+impl Client {
+    pub async fn open(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Self { ws, socket_id: String::new(), app: AppConfig::default() }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    /// The next JSON frame (panics on close or after [`WAIT`]).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("no websocket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sends JSON"),
+                Message::Close(c) => panic!("unexpected close: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one with `event`.
+    pub async fn recv_event(&mut self, event: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["event"] == event {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts nothing but pings arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_eq!(v["event"], "pusher:ping", "unexpected frame {v}");
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and the last
+    /// `pusher:error` seen before it.
+    pub async fn expect_close(&mut self) -> (Closed, Option<Value>) {
+        let mut last_error = None;
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close within the wait") {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["event"] == "pusher:error" {
+                        last_error = Some(v);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map_or(Closed::NoCode, |f| Closed::Code(f.code.into()));
+                    return (code, last_error);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (Closed::NoCode, last_error),
+            }
+        }
+    }
+
+    fn channel_auth(&self, channel: &str, channel_data: Option<&str>) -> String {
+        let to_sign = sign::channel_string_to_sign(&self.socket_id, channel, channel_data);
+        sign::auth_token(&self.app.key, &self.app.secret, &to_sign)
+    }
+
+    /// Subscribes (signing private/presence auth as an app backend would)
+    /// and returns the first reply for that channel.
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let mut data = json!({ "channel": channel });
+        if channel.starts_with("private-") {
+            data["auth"] = json!(self.channel_auth(channel, None));
+        }
+        self.send(json!({"event": "pusher:subscribe", "data": data})).await;
+        self.recv_for_channel(channel).await
+    }
+
+    /// Subscribes to a presence channel as `user_id`.
+    pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str, info: Value) -> Value {
+        let channel_data = json!({"user_id": user_id, "user_info": info}).to_string();
+        let auth = self.channel_auth(channel, Some(&channel_data));
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": channel_data}}))
+            .await;
+        self.recv_for_channel(channel).await
+    }
+
+    /// The next frame about `channel` (skipping others).
+    pub async fn recv_for_channel(&mut self, channel: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["channel"] == channel {
+                return frame;
+            }
+        }
+    }
+
+    /// Signs in as `user_data` (a JSON object with at least `id`).
+    pub async fn sign_in(&mut self, user_data: Value) -> Value {
+        let user_data = user_data.to_string();
+        let to_sign = sign::user_string_to_sign(&self.socket_id, &user_data);
+        let auth = sign::auth_token(&self.app.key, &self.app.secret, &to_sign);
+        self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+        self.recv_event("pusher:signin_success").await
+    }
+}
+
+/// Parses a frame's string `data` as JSON.
+pub fn data(frame: &Value) -> Value {
+    match &frame["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
+
+/// A REST client signing requests with the app's key and secret.
+pub struct Rest {
+    pub base: String,
+    pub app: AppConfig,
+    pub http: reqwest::Client,
+}
+
+impl Rest {
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    fn url(&self, method: &str, path: &str, params: &[(&str, &str)], body: &[u8], secret: &str) -> String {
+        let query = rest_auth::sign_request(method, path, &self.app.key, secret, Self::now(), params, body);
+        format!("{}{}?{}", self.base, path, serde_urlencoded::to_string(&query).unwrap())
+    }
+
+    /// A signed GET of `/apps/{id}{path}`; returns (status, JSON body).
+    pub async fn get(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let path = format!("/apps/{}{path}", self.app.id);
+        let url = self.url("GET", &path, params, b"", &self.app.secret);
+        Self::read(self.http.get(url).send().await.unwrap()).await
+    }
+
+    /// A signed POST of `body` to `/apps/{id}{path}`.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string().as_bytes(), &self.app.secret).await
+    }
+
+    /// A POST signed with `secret` (use a wrong one to test refusals).
+    pub async fn post_raw(&self, path: &str, body: &[u8], secret: &str) -> (u16, Value) {
+        let path = format!("/apps/{}{path}", self.app.id);
+        let url = self.url("POST", &path, &[], body, secret);
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        Self::read(response).await
+    }
+
+    /// Triggers `name` with string `data` on `channels`.
+    pub async fn trigger(&self, channels: &[&str], name: &str, data: &str) -> (u16, Value) {
+        self.post("/events", &json!({"name": name, "channels": channels, "data": data})).await
+    }
+
+    async fn read(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}

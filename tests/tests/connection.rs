@@ -1,0 +1,158 @@
+//! Connecting: handshake, keep-alive, refusals with Pusher close codes, bad
+//! input, and graceful drain.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use herald_e2e::{data, Client, Closed, TestServer};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn connection_established_carries_socket_id_and_activity_timeout() {
+    let server = TestServer::start().await;
+    let mut client = Client::open(&server.ws_url("app-key")).await;
+    let frame = client.recv().await;
+    assert_eq!(frame["event"], "pusher:connection_established");
+    let d = data(&frame);
+    let socket_id = d["socket_id"].as_str().unwrap();
+    assert!(socket_id.parse::<herald_protocol::SocketId>().is_ok(), "{socket_id}");
+    assert_eq!(d["activity_timeout"], 120);
+}
+
+#[tokio::test]
+async fn ping_gets_pong() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv().await, json!({"event": "pusher:pong", "data": {}}));
+}
+
+#[tokio::test]
+async fn refusals_use_pusher_close_codes() {
+    let server = TestServer::with(|c| {
+        let mut disabled = c.apps[0].clone();
+        disabled.id = "off".into();
+        disabled.key = "off-key".into();
+        disabled.enabled = false;
+        c.apps.push(disabled);
+    })
+    .await;
+    let cases = [
+        (format!("ws://{}/app/nope?protocol=7", server.addr), 4001),
+        (format!("ws://{}/app/off-key?protocol=7", server.addr), 4003),
+        (format!("ws://{}/app/app-key", server.addr), 4007),
+        (format!("ws://{}/app/app-key?protocol=6", server.addr), 4007),
+        (format!("ws://{}/app/app-key?protocol=x", server.addr), 4006),
+    ];
+    for (url, code) in cases {
+        let mut client = Client::open(&url).await;
+        let (closed, error) = client.expect_close().await;
+        assert_eq!(closed, Closed::Code(code), "{url}");
+        assert_eq!(error.unwrap()["data"]["code"], code, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn connection_quota_refuses_with_4004() {
+    let server = TestServer::with(|c| c.apps[0].max_connections = 2).await;
+    let _a = server.connect().await;
+    let _b = server.connect().await;
+    let mut c = Client::open(&server.ws_url("app-key")).await;
+    assert_eq!(c.expect_close().await.0, Closed::Code(4004));
+}
+
+#[tokio::test]
+async fn silent_client_is_pinged_then_closed_with_4201() {
+    let server = TestServer::with(|c| {
+        c.activity_timeout = Duration::from_secs(1);
+        c.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = server.connect().await;
+    assert_eq!(client.recv().await["event"], "pusher:ping");
+    assert_eq!(client.expect_close().await.0, Closed::Code(4201));
+}
+
+#[tokio::test]
+async fn answering_pings_keeps_the_connection() {
+    let server = TestServer::with(|c| {
+        c.activity_timeout = Duration::from_secs(1);
+        c.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = server.connect().await;
+    for _ in 0..3 {
+        assert_eq!(client.recv().await["event"], "pusher:ping");
+        client.send(json!({"event": "pusher:pong", "data": {}})).await;
+    }
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv_event("pusher:pong").await["event"], "pusher:pong");
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_connection_survives() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    for bad in ["{", "[]", "42", r#"{"data":{}}"#, r#"{"event":"nope"}"#, r#"{"event":"pusher:subscribe","data":{}}"#] {
+        client.send_text(bad).await;
+        let error = client.recv().await;
+        assert_eq!(error["event"], "pusher:error", "{bad}");
+        assert_eq!(error["data"]["code"], 4302, "{bad}");
+    }
+    client.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(client.recv().await["data"]["code"], 4302);
+    assert_eq!(client.subscribe("still-alive").await["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[tokio::test]
+async fn oversized_frames_close_with_1009_without_harming_others() {
+    let server = TestServer::start().await;
+    let mut other = server.connect().await;
+    other.subscribe("room").await;
+    let mut client = server.connect().await;
+    let huge = "x".repeat(100 * 1024);
+    client.send(json!({"event": "client-x", "channel": "private-a", "data": huge})).await;
+    assert_eq!(client.expect_close().await.0, Closed::Code(1009));
+    server.rest().trigger(&["room"], "still", "{}").await;
+    assert_eq!(other.recv_event("still").await["channel"], "room");
+}
+
+#[tokio::test]
+async fn plain_http_on_the_websocket_path_is_a_400() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(format!("http://{}/app/app-key?protocol=7", server.addr)).await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let mut server = TestServer::start().await;
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", server.addr);
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/up").await, 200);
+    assert_eq!(get("/up/app-id").await, 200);
+    assert_eq!(get("/up/nope").await, 404);
+    assert_eq!(get("/ready").await, 200);
+    assert_eq!(get("/no/such/route").await, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_reconnect_with_4200() {
+    let mut server = TestServer::start().await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    b.subscribe("x").await;
+    let drain = tokio::spawn(async move {
+        server.shutdown().await;
+    });
+    for client in [&mut a, &mut b] {
+        let (closed, error) = client.expect_close().await;
+        assert_eq!(closed, Closed::Code(4200));
+        assert_eq!(error.unwrap()["data"]["code"], 4200);
+    }
+    tokio::time::timeout(Duration::from_secs(5), drain).await.unwrap().unwrap();
+}
