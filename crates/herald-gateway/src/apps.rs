@@ -25,13 +25,23 @@ pub struct Apps {
 impl Apps {
     /// Registers each app's metrics and builds the local adapter's namespaces.
     pub fn build(configs: &[AppConfig], metrics: &Metrics) -> (Self, LocalAdapter) {
-        let handles: Vec<(String, AppMetrics)> = configs.iter().map(|c| (c.id.clone(), metrics.app(&c.id))).collect();
+        let handles: Vec<(String, AppMetrics)> = configs
+            .iter()
+            .map(|c| (c.id.clone(), metrics.app(&c.id)))
+            .collect();
         let local = LocalAdapter::new(handles.clone());
         let mut by_id = HashMap::new();
         let mut by_key = HashMap::new();
         for (config, (id, metrics)) in configs.iter().zip(handles) {
-            let namespace = local.namespace(&id).expect("namespace built for every app").clone();
-            let app = Arc::new(App { config: config.clone(), namespace, metrics });
+            let namespace = local
+                .namespace(&id)
+                .expect("namespace built for every app")
+                .clone();
+            let app = Arc::new(App {
+                config: config.clone(),
+                namespace,
+                metrics,
+            });
             by_key.insert(config.key.clone(), app.clone());
             by_id.insert(id, app);
         }

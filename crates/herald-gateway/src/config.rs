@@ -15,7 +15,11 @@ use serde::Deserialize;
 
 /// Command-line flags; each also reads the environment variable it names.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "herald", version, about = "Herald: a Pusher-compatible WebSocket server")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a Pusher-compatible WebSocket server"
+)]
 pub struct Cli {
     /// TOML config file (see docs/configuration.md).
     #[arg(long, env = "HERALD_CONFIG")]
@@ -180,7 +184,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for {key}: {message}")]
@@ -188,7 +195,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// Environment variables that configure the default app (no config file apps).
@@ -206,27 +216,51 @@ impl Config {
     pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        let secs =
+            |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
         let mut config = Config {
             host: cli.host.or(file.host).unwrap_or(d.host),
             port: cli.port.or(file.port).unwrap_or(d.port),
-            metrics_port: cli.metrics_port.or(file.metrics_port).unwrap_or(d.metrics_port),
+            metrics_port: cli
+                .metrics_port
+                .or(file.metrics_port)
+                .unwrap_or(d.metrics_port),
             node_id: cli.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
             log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
-            log_level: cli.log_level.clone().or(file.log_level).unwrap_or(d.log_level),
-            activity_timeout: secs(cli.activity_timeout.or(file.activity_timeout), d.activity_timeout),
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or(d.log_level),
+            activity_timeout: secs(
+                cli.activity_timeout.or(file.activity_timeout),
+                d.activity_timeout,
+            ),
             pong_timeout: secs(cli.pong_timeout.or(file.pong_timeout), d.pong_timeout),
-            outbound_queue: cli.outbound_queue.or(file.outbound_queue).unwrap_or(d.outbound_queue),
-            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
-            max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes).unwrap_or(d.max_request_bytes),
+            outbound_queue: cli
+                .outbound_queue
+                .or(file.outbound_queue)
+                .unwrap_or(d.outbound_queue),
+            max_frame_bytes: cli
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(d.max_frame_bytes),
+            max_request_bytes: cli
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(d.max_request_bytes),
             shutdown_grace: secs(cli.shutdown_grace.or(file.shutdown_grace), d.shutdown_grace),
             apps: file.apps,
         };
@@ -267,15 +301,24 @@ impl Config {
                 return Err(invalid(key("id"), format!("duplicate app id {:?}", app.id)));
             }
             if !keys.insert(app.key.as_str()) {
-                return Err(invalid(key("key"), format!("duplicate app key {:?}", app.key)));
+                return Err(invalid(
+                    key("key"),
+                    format!("duplicate app key {:?}", app.key),
+                ));
             }
             if app.client_event_rate == 0 && app.client_events {
-                return Err(invalid(key("client_event_rate"), "must be at least 1 when client_events is on"));
+                return Err(invalid(
+                    key("client_event_rate"),
+                    "must be at least 1 when client_events is on",
+                ));
             }
             if app.max_event_payload_bytes + 1024 > self.max_frame_bytes {
                 return Err(invalid(
                     key("max_event_payload_bytes"),
-                    format!("must be at least 1 KiB below max_frame_bytes ({})", self.max_frame_bytes),
+                    format!(
+                        "must be at least 1 KiB below max_frame_bytes ({})",
+                        self.max_frame_bytes
+                    ),
                 ));
             }
         }
@@ -295,10 +338,13 @@ fn default_app_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<AppConf
         app.secret = v;
     }
     if let Some(v) = env("HERALD_APP_CLIENT_EVENTS") {
-        app.client_events = parse_bool(&v).ok_or_else(|| invalid("HERALD_APP_CLIENT_EVENTS", "expected true or false"))?;
+        app.client_events = parse_bool(&v)
+            .ok_or_else(|| invalid("HERALD_APP_CLIENT_EVENTS", "expected true or false"))?;
     }
     if let Some(v) = env("HERALD_APP_MAX_CONNECTIONS") {
-        app.max_connections = v.parse().map_err(|_| invalid("HERALD_APP_MAX_CONNECTIONS", "expected a number"))?;
+        app.max_connections = v
+            .parse()
+            .map_err(|_| invalid("HERALD_APP_MAX_CONNECTIONS", "expected a number"))?;
     }
     Ok(app)
 }
@@ -326,7 +372,10 @@ mod tests {
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -350,7 +399,10 @@ mod tests {
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ));
-            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             TempPath(path)
         }
     }
@@ -367,19 +419,32 @@ mod tests {
     fn env_configures_the_default_app() {
         let c = Config::load(
             &Cli::default(),
-            env(&[("HERALD_APP_KEY", "k"), ("HERALD_APP_CLIENT_EVENTS", "false")]),
+            env(&[
+                ("HERALD_APP_KEY", "k"),
+                ("HERALD_APP_CLIENT_EVENTS", "false"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.apps[0].key, "k");
         assert!(!c.apps[0].client_events);
-        let err = Config::load(&Cli::default(), env(&[("HERALD_APP_CLIENT_EVENTS", "maybe")])).unwrap_err();
+        let err = Config::load(
+            &Cli::default(),
+            env(&[("HERALD_APP_CLIENT_EVENTS", "maybe")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("HERALD_APP_CLIENT_EVENTS"));
     }
 
     #[test]
     fn cli_beats_file() {
-        let f = file("port = 7000\nmetrics_port = 7001\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n");
-        let cli = Cli { config: Some(f.0.clone()), port: Some(8000), ..Cli::default() };
+        let f = file(
+            "port = 7000\nmetrics_port = 7001\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+        );
+        let cli = Cli {
+            config: Some(f.0.clone()),
+            port: Some(8000),
+            ..Cli::default()
+        };
         let c = Config::load(&cli, env(&[("HERALD_APP_KEY", "ignored")])).unwrap();
         assert_eq!(c.port, 8000);
         assert_eq!(c.metrics_port, 7001);
@@ -390,16 +455,44 @@ mod tests {
     #[test]
     fn bad_keys_are_named() {
         let f = file("prot = 1\n");
-        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        let err = Config::load(
+            &Cli {
+                config: Some(f.0.clone()),
+                ..Cli::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"\"\n");
-        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        let err = Config::load(
+            &Cli {
+                config: Some(f.0.clone()),
+                ..Cli::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("apps[0].secret"), "{err}");
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"1\"\nkey = \"k2\"\nsecret = \"s\"\n");
-        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        let err = Config::load(
+            &Cli {
+                config: Some(f.0.clone()),
+                ..Cli::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("apps[1].id"), "{err}");
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
-        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        let err = Config::load(
+            &Cli {
+                config: Some(f.0.clone()),
+                ..Cli::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("client_event"), "{err}");
     }
 }

@@ -36,7 +36,10 @@ impl Server {
 
         let listener = bind(SocketAddr::new(state.config.host, state.config.port))?;
         let addr = listener.local_addr()?;
-        let metrics_listener = bind(SocketAddr::new(state.config.host, state.config.metrics_port))?;
+        let metrics_listener = bind(SocketAddr::new(
+            state.config.host,
+            state.config.metrics_port,
+        ))?;
         let metrics_addr = metrics_listener.local_addr()?;
 
         let public = crate::ws::route(state.clone())
@@ -44,7 +47,8 @@ impl Server {
             .unify()
             .or(health_routes(state.clone()))
             .unify()
-            .or(warp::any().map(|| json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}))))
+            .or(warp::any()
+                .map(|| json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}))))
             .unify();
         let stop = state.shutdown.clone();
         let http = vec![
@@ -57,7 +61,12 @@ impl Server {
             tokio::spawn(serve_metrics(state.clone(), metrics_listener)),
         ];
         tracing::info!(%addr, %metrics_addr, node = %state.config.node_id, "herald listening");
-        Ok(Self { state, addr, metrics_addr, http })
+        Ok(Self {
+            state,
+            addr,
+            metrics_addr,
+            http,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -78,7 +87,10 @@ impl Server {
         tracing::info!("draining connections");
         self.state.start_drain();
         self.state.tracker.close();
-        if tokio::time::timeout(self.state.config.shutdown_grace, self.state.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.state.config.shutdown_grace, self.state.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
         for task in self.http {
@@ -92,7 +104,11 @@ impl Server {
 /// A listener with TCP_NODELAY (inherited by accepted sockets on Linux),
 /// address reuse and a deep backlog for connection storms.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -103,15 +119,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn health_routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (Response<Bytes>,), Error = warp::Rejection> + Clone {
-    let up = warp::path!("up").and(warp::get()).map(|| text(StatusCode::OK, "OK"));
+    let up = warp::path!("up")
+        .and(warp::get())
+        .map(|| text(StatusCode::OK, "OK"));
     let app_state = state.clone();
-    let up_app = warp::path!("up" / String).and(warp::get()).map(move |id: String| {
-        match app_state.apps.by_id(&id) {
+    let up_app = warp::path!("up" / String)
+        .and(warp::get())
+        .map(move |id: String| match app_state.apps.by_id(&id) {
             Some(app) if app.config.enabled => text(StatusCode::OK, "OK"),
             Some(_) => text(StatusCode::SERVICE_UNAVAILABLE, "app disabled"),
             None => text(StatusCode::NOT_FOUND, "unknown app"),
-        }
-    });
+        });
     let ready = warp::path!("ready").and(warp::get()).map(move || {
         if state.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -148,7 +166,10 @@ async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
             upkeep_state.metrics.run_upkeep();
         }
     };
-    let server = warp::serve(route).incoming(listener).graceful(async move { stop.cancelled().await }).run();
+    let server = warp::serve(route)
+        .incoming(listener)
+        .graceful(async move { stop.cancelled().await })
+        .run();
     tokio::select! {
         _ = server => {}
         _ = upkeep => {}

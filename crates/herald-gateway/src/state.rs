@@ -26,7 +26,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: Config, apps: Apps, adapter: Arc<dyn Adapter>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        apps: Apps,
+        adapter: Arc<dyn Adapter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             config,
             apps,

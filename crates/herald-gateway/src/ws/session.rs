@@ -28,7 +28,11 @@ use crate::state::State;
 /// Serves one upgraded WebSocket until it closes.
 pub(super) async fn run<S>(state: Arc<State>, ws: S, admission: Admission)
 where
-    S: Stream<Item = Result<Message, WsError>> + futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
+    S: Stream<Item = Result<Message, WsError>>
+        + futures_util::Sink<Message, Error = WsError>
+        + Unpin
+        + Send
+        + 'static,
 {
     let (sink, stream) = ws.split();
     let socket_id = SocketId::random();
@@ -45,7 +49,10 @@ where
     app.namespace.add_connection(conn.clone());
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    conn.send(text_frame(message::connection_established(socket_id, activity_timeout.as_secs())));
+    conn.send(text_frame(message::connection_established(
+        socket_id,
+        activity_timeout.as_secs(),
+    )));
 
     let mut session = Session {
         state: state.clone(),
@@ -83,7 +90,11 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut ping_sent = false;
         loop {
-            let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
+            let idle_deadline = if ping_sent {
+                last_seen + activity + pong_timeout
+            } else {
+                last_seen + activity
+            };
             let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
             tokio::select! {
                 biased;
@@ -143,19 +154,28 @@ impl Session {
                 self.conn.send(text_frame(message::pong()));
             }
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe { channel, auth, channel_data } => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => {
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref())
+                    .await
             }
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
             ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
-            ClientMessage::ClientEvent { event, channel, data } => {
-                self.client_event(&event, &channel, &data, text.len()).await
-            }
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => self.client_event(&event, &channel, &data, text.len()).await,
         }
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, text: &str, status: u16) {
-        self.conn.send(text_frame(message::subscription_error(channel, kind, text, status)));
+        self.conn.send(text_frame(message::subscription_error(
+            channel, kind, text, status,
+        )));
     }
 
     async fn subscribe(&mut self, channel: &str, auth: Option<&str>, channel_data: Option<&str>) {
@@ -169,9 +189,15 @@ impl Session {
         let config = &self.app.config;
         if name.requires_auth() {
             let socket_id = self.conn.socket_id.to_string();
-            let data = if name.kind() == ChannelKind::Presence { channel_data } else { None };
+            let data = if name.kind() == ChannelKind::Presence {
+                channel_data
+            } else {
+                None
+            };
             let to_sign = sign::channel_string_to_sign(&socket_id, channel, data);
-            let valid = auth.is_some_and(|auth| sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth));
+            let valid = auth.is_some_and(|auth| {
+                sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth)
+            });
             if !valid || (name.kind() == ChannelKind::Presence && channel_data.is_none()) {
                 self.app.metrics.rejected(Rejection::SubscriptionAuth);
                 return self.subscription_error(channel, "AuthError", "Invalid signature", 401);
@@ -180,7 +206,12 @@ impl Session {
         if let Some(user) = name.target_user() {
             if self.conn.user_id().as_deref() != Some(user) {
                 self.app.metrics.rejected(Rejection::SubscriptionAuth);
-                return self.subscription_error(channel, "AuthError", "Sign in as this user first", 403);
+                return self.subscription_error(
+                    channel,
+                    "AuthError",
+                    "Sign in as this user first",
+                    403,
+                );
             }
         }
         let member = match (name.kind(), channel_data) {
@@ -188,7 +219,12 @@ impl Session {
                 Ok(member) => Some(member),
                 Err(e) => {
                     self.app.metrics.rejected(Rejection::BadRequest);
-                    return self.subscription_error(channel, "InvalidChannelData", &e.to_string(), 400);
+                    return self.subscription_error(
+                        channel,
+                        "InvalidChannelData",
+                        &e.to_string(),
+                        400,
+                    );
                 }
             },
             _ => None,
@@ -196,28 +232,45 @@ impl Session {
         if let Some(member) = &member {
             if member.user_info.to_string().len() > config.max_presence_user_info_bytes {
                 self.app.metrics.rejected(Rejection::PresenceLimit);
-                let text = format!("user_info is larger than {} bytes", config.max_presence_user_info_bytes);
+                let text = format!(
+                    "user_info is larger than {} bytes",
+                    config.max_presence_user_info_bytes
+                );
                 return self.subscription_error(channel, "LimitReached", &text, 400);
             }
         }
-        let joined = member.as_ref().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
-        let outcome =
-            match self.app.namespace.subscribe(&self.conn, channel, member, config.max_presence_members, name.is_cache())
-            {
-                Ok(outcome) => outcome,
-                Err(PresenceFull(max)) => {
-                    self.app.metrics.rejected(Rejection::PresenceLimit);
-                    let text = format!("presence channel already has {max} members");
-                    return self.subscription_error(channel, "LimitReached", &text, 403);
-                }
-            };
+        let joined = member
+            .as_ref()
+            .map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
+        let outcome = match self.app.namespace.subscribe(
+            &self.conn,
+            channel,
+            member,
+            config.max_presence_members,
+            name.is_cache(),
+        ) {
+            Ok(outcome) => outcome,
+            Err(PresenceFull(max)) => {
+                self.app.metrics.rejected(Rejection::PresenceLimit);
+                let text = format!("presence channel already has {max} members");
+                return self.subscription_error(channel, "LimitReached", &text, 403);
+            }
+        };
         if outcome.already_subscribed {
             return;
         }
         self.app.metrics.subscribed(name.kind().index());
         if let Some((user_id, info)) = joined {
             if outcome.member_added {
-                hub::member_joined(&self.state, &self.app, channel, self.conn.socket_id, &user_id, &info).await;
+                hub::member_joined(
+                    &self.state,
+                    &self.app,
+                    channel,
+                    self.conn.socket_id,
+                    &user_id,
+                    &info,
+                )
+                .await;
             }
             self.presence_users.insert(channel.to_string(), user_id);
         }
@@ -244,8 +297,12 @@ impl Session {
                 return self.conn.close(ErrorCode::UNAUTHORIZED);
             }
         };
-        let outcome = self.app.namespace.sign_in(&self.conn, &user.id, &user.watchlist);
-        self.conn.send(text_frame(message::signin_success(user_data)));
+        let outcome = self
+            .app
+            .namespace
+            .sign_in(&self.conn, &user.id, &user.watchlist);
+        self.conn
+            .send(text_frame(message::signin_success(user_data)));
         if let Some(frame) = hub::watchlist_snapshot(&user.watchlist, &outcome.online_watched) {
             self.conn.send(frame);
         }
@@ -261,7 +318,11 @@ impl Session {
             s.error(ErrorCode::CLIENT_EVENT_REJECTED, text);
         };
         if !config.client_events {
-            return refuse(self, Rejection::ClientEventRefused, "client events are disabled for this app");
+            return refuse(
+                self,
+                Rejection::ClientEventRefused,
+                "client events are disabled for this app",
+            );
         }
         let allowed = ChannelName::parse(channel).is_ok_and(|n| n.allows_client_events());
         if !allowed {
@@ -272,22 +333,51 @@ impl Session {
             );
         }
         if !self.conn.is_subscribed(channel) {
-            return refuse(self, Rejection::ClientEventRefused, "subscribe to the channel before sending client events");
+            return refuse(
+                self,
+                Rejection::ClientEventRefused,
+                "subscribe to the channel before sending client events",
+            );
         }
         if event.len() > config.max_event_name_len {
-            return refuse(self, Rejection::ClientEventRefused, "event name is too long");
+            return refuse(
+                self,
+                Rejection::ClientEventRefused,
+                "event name is too long",
+            );
         }
-        if EventData::Json(data).len() > config.max_event_payload_bytes || frame_len > self.state.config.max_frame_bytes
+        if EventData::Json(data).len() > config.max_event_payload_bytes
+            || frame_len > self.state.config.max_frame_bytes
         {
-            return refuse(self, Rejection::PayloadTooLarge, "event payload is too large");
+            return refuse(
+                self,
+                Rejection::PayloadTooLarge,
+                "event payload is too large",
+            );
         }
         if !self.rate.allow() {
-            return refuse(self, Rejection::ClientEventRateLimited, "client event rate limit exceeded");
+            return refuse(
+                self,
+                Rejection::ClientEventRateLimited,
+                "client event rate limit exceeded",
+            );
         }
         let user_id = self.presence_users.get(channel).cloned();
-        let frame = text_frame(message::event(event, Some(channel), EventData::Json(data), user_id.as_deref()));
+        let frame = text_frame(message::event(
+            event,
+            Some(channel),
+            EventData::Json(data),
+            user_id.as_deref(),
+        ));
         self.app.metrics.client_events.increment(1);
-        hub::broadcast(&self.state, &self.app, channel, frame, Some(self.conn.socket_id)).await;
+        hub::broadcast(
+            &self.state,
+            &self.app,
+            channel,
+            frame,
+            Some(self.conn.socket_id),
+        )
+        .await;
     }
 }
 
@@ -301,7 +391,11 @@ struct RateLimiter {
 impl RateLimiter {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Self { rate, tokens: rate, refilled: Instant::now() }
+        Self {
+            rate,
+            tokens: rate,
+            refilled: Instant::now(),
+        }
     }
 
     fn allow(&mut self) -> bool {
