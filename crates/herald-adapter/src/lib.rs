@@ -15,7 +15,7 @@ pub use adapter::{Adapter, AdapterError, ChannelSummary};
 pub use connection::{Connection, Frame, SendOutcome, SignedIn};
 pub use local::LocalAdapter;
 pub use namespace::{
-    send_all, CachedEvent, Departure, Namespace, PresenceFull, SignInOutcome, SubscribeOutcome,
+    CachedEvent, Departure, Namespace, PresenceFull, SignInOutcome, SubscribeOutcome,
     UnsubscribeOutcome, UserDeparture,
 };
 

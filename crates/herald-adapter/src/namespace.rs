@@ -204,17 +204,18 @@ impl Namespace {
         } else {
             "{}".to_string()
         };
-        conn.send(crate::text_frame(message::subscription_succeeded(
-            channel, &data,
-        )));
+        self.send_to(
+            conn,
+            crate::text_frame(message::subscription_succeeded(channel, &data)),
+        );
         if is_cache {
             match self.cached(channel) {
                 Some(event) => {
-                    conn.send(event.frame);
+                    self.send_to(conn, event.frame);
                 }
                 None => {
                     outcome.cache_miss = true;
-                    conn.send(crate::text_frame(message::cache_miss(channel)));
+                    self.send_to(conn, crate::text_frame(message::cache_miss(channel)));
                 }
             }
         }
@@ -383,6 +384,23 @@ impl Namespace {
         delivered
     }
 
+    /// Queues one frame to one connection, counted in metrics.
+    pub fn send_to(&self, conn: &Connection, frame: Frame) -> SendOutcome {
+        let len = frame.len();
+        let outcome = conn.send(frame);
+        if outcome == SendOutcome::Queued {
+            self.metrics.delivered(1, len);
+        }
+        outcome
+    }
+
+    /// Queues one frame to several connections (watchlist events), counted once.
+    pub fn send_all(&self, recipients: &[Arc<Connection>], frame: &Frame) -> usize {
+        let delivered = deliver(recipients, frame, None);
+        self.metrics.delivered(delivered as u64, frame.len());
+        delivered
+    }
+
     /// Stores the last event of a cache channel.
     pub fn set_cached(&self, channel: &str, frame: Frame) {
         let mut cache = self.cache.lock();
@@ -456,11 +474,6 @@ fn deliver(recipients: &[Arc<Connection>], frame: &Frame, except: Option<SocketI
         }
     }
     delivered
-}
-
-/// Sends one frame to a list of connections (user events, watchlist).
-pub fn send_all(recipients: &[Arc<Connection>], frame: &Frame) -> usize {
-    deliver(recipients, frame, None)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! the webhook sink) the app's backend. Called by connection handlers, the
 //! REST API and cleanup, so every path announces the same way.
 
-use herald_adapter::{send_all, text_frame, Departure, Frame, UnsubscribeOutcome};
+use herald_adapter::{text_frame, Departure, Frame, UnsubscribeOutcome};
 use herald_protocol::message::{self, WatchlistEvent};
 use herald_protocol::{ChannelName, SocketId};
 use serde_json::Value;
@@ -46,7 +46,7 @@ pub async fn departed(state: &State, app: &App, departure: Departure) {
                 WatchlistEvent::Offline,
                 vec![user.user_id.to_string()],
             )]));
-            send_all(&user.watchers, &frame);
+            app.namespace.send_all(&user.watchers, &frame);
         }
     }
 }

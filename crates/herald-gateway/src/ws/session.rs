@@ -49,10 +49,13 @@ where
     app.namespace.add_connection(conn.clone());
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    conn.send(text_frame(message::connection_established(
-        socket_id,
-        activity_timeout.as_secs(),
-    )));
+    app.namespace.send_to(
+        &conn,
+        text_frame(message::connection_established(
+            socket_id,
+            activity_timeout.as_secs(),
+        )),
+    );
 
     let mut session = Session {
         state: state.clone(),
@@ -126,7 +129,7 @@ impl Session {
                     if ping_sent {
                         self.conn.close(ErrorCode::PONG_NOT_RECEIVED);
                     } else {
-                        self.conn.send(text_frame(message::ping()));
+                        self.reply(text_frame(message::ping()));
                         ping_sent = true;
                     }
                 }
@@ -137,8 +140,13 @@ impl Session {
         }
     }
 
+    /// Queues a frame for this client (counted as sent).
+    fn reply(&self, frame: herald_adapter::Frame) {
+        self.app.namespace.send_to(&self.conn, frame);
+    }
+
     fn error(&self, code: ErrorCode, text: &str) {
-        self.conn.send(text_frame(message::error(Some(code), text)));
+        self.reply(text_frame(message::error(Some(code), text)));
     }
 
     async fn handle_text(&mut self, text: &str) {
@@ -151,7 +159,7 @@ impl Session {
         };
         match parsed {
             ClientMessage::Ping => {
-                self.conn.send(text_frame(message::pong()));
+                self.reply(text_frame(message::pong()));
             }
             ClientMessage::Pong => {}
             ClientMessage::Subscribe {
@@ -173,7 +181,7 @@ impl Session {
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, text: &str, status: u16) {
-        self.conn.send(text_frame(message::subscription_error(
+        self.reply(text_frame(message::subscription_error(
             channel, kind, text, status,
         )));
     }
@@ -301,13 +309,14 @@ impl Session {
             .app
             .namespace
             .sign_in(&self.conn, &user.id, &user.watchlist);
-        self.conn
-            .send(text_frame(message::signin_success(user_data)));
+        self.reply(text_frame(message::signin_success(user_data)));
         if let Some(frame) = hub::watchlist_snapshot(&user.watchlist, &outcome.online_watched) {
-            self.conn.send(frame);
+            self.reply(frame);
         }
         if outcome.came_online && !outcome.watchers.is_empty() {
-            herald_adapter::send_all(&outcome.watchers, &hub::came_online(&user.id));
+            self.app
+                .namespace
+                .send_all(&outcome.watchers, &hub::came_online(&user.id));
         }
     }
 
