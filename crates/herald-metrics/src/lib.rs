@@ -237,6 +237,33 @@ pub enum Kind {
 #[derive(Clone)]
 pub struct AppMetrics(Arc<AppHandles>);
 
+impl AppMetrics {
+    /// Handles that record nothing: the baseline for "metrics off" benchmarks.
+    pub fn noop() -> Self {
+        use std::array::from_fn;
+        Self(Arc::new(AppHandles {
+            connections_opened: Counter::noop(),
+            connections_closed: Counter::noop(),
+            connections: Gauge::noop(),
+            ws_messages_received: Counter::noop(),
+            ws_bytes_received: Counter::noop(),
+            ws_messages_sent: Counter::noop(),
+            ws_bytes_sent: Counter::noop(),
+            events_triggered: Counter::noop(),
+            client_events: Counter::noop(),
+            broadcast_fanout_seconds: Histogram::noop(),
+            subscriptions: from_fn(|_| Counter::noop()),
+            unsubscriptions: from_fn(|_| Counter::noop()),
+            rejections: from_fn(|_| Counter::noop()),
+            rest: from_fn(|_| from_fn(|_| Counter::noop())),
+            webhooks_sent: Counter::noop(),
+            webhooks_failed: Counter::noop(),
+            webhooks_retried: Counter::noop(),
+            webhook_duration_seconds: Histogram::noop(),
+        }))
+    }
+}
+
 impl std::ops::Deref for AppMetrics {
     type Target = AppHandles;
     fn deref(&self) -> &AppHandles {
