@@ -26,13 +26,7 @@ pub struct TestServer {
 
 /// A config for tests: loopback, free ports, the default app.
 pub fn test_config() -> Config {
-    Config {
-        host: [127, 0, 0, 1].into(),
-        port: 0,
-        metrics_port: 0,
-        node_id: "test".into(),
-        ..Config::default()
-    }
+    Config { host: [127, 0, 0, 1].into(), port: 0, metrics_port: 0, node_id: "test".into(), ..Config::default() }
 }
 
 impl TestServer {
@@ -47,19 +41,11 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let app = config.apps[0].clone();
         let server = Server::start(config).await.expect("server starts");
-        Self {
-            addr: server.addr(),
-            metrics_addr: server.metrics_addr(),
-            server: Some(server),
-            app,
-        }
+        Self { addr: server.addr(), metrics_addr: server.metrics_addr(), server: Some(server), app }
     }
 
     pub fn ws_url(&self, key: &str) -> String {
-        format!(
-            "ws://{}/app/{key}?protocol=7&client=js&version=8.6.0&flash=false",
-            self.addr
-        )
+        format!("ws://{}/app/{key}?protocol=7&client=js&version=8.6.0&flash=false", self.addr)
     }
 
     /// Connects with the default app's key and reads `connection_established`.
@@ -73,21 +59,12 @@ impl TestServer {
     }
 
     pub fn rest(&self) -> Rest {
-        Rest {
-            base: format!("http://{}", self.addr),
-            app: self.app.clone(),
-            http: reqwest::Client::new(),
-        }
+        Rest { base: format!("http://{}", self.addr), app: self.app.clone(), http: reqwest::Client::new() }
     }
 
     /// The Prometheus exposition text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
     }
 
     /// Drains the node (as SIGTERM does).
@@ -126,14 +103,8 @@ pub enum Closed {
 
 impl Client {
     pub async fn open(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connects");
-        Self {
-            ws,
-            socket_id: String::new(),
-            app: AppConfig::default(),
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Self { ws, socket_id: String::new(), app: AppConfig::default() }
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -141,10 +112,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Text(text.into())).await.expect("send");
     }
 
     /// The next JSON frame (panics on close or after [`WAIT`]).
@@ -156,9 +124,7 @@ impl Client {
                 .expect("connection open")
                 .expect("no websocket error");
             match msg {
-                Message::Text(t) => {
-                    return serde_json::from_str(t.as_str()).expect("server sends JSON")
-                }
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sends JSON"),
                 Message::Close(c) => panic!("unexpected close: {c:?}"),
                 _ => continue,
             }
@@ -196,10 +162,7 @@ impl Client {
     pub async fn expect_close(&mut self) -> (Closed, Option<Value>) {
         let mut last_error = None;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close within the wait")
-            {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close within the wait") {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
                     if v["event"] == "pusher:error" {
@@ -228,8 +191,7 @@ impl Client {
         if channel.starts_with("private-") {
             data["auth"] = json!(self.channel_auth(channel, None));
         }
-        self.send(json!({"event": "pusher:subscribe", "data": data}))
-            .await;
+        self.send(json!({"event": "pusher:subscribe", "data": data})).await;
         self.recv_for_channel(channel).await
     }
 
@@ -257,10 +219,7 @@ impl Client {
         let user_data = user_data.to_string();
         let to_sign = sign::user_string_to_sign(&self.socket_id, &user_data);
         let auth = sign::auth_token(&self.app.key, &self.app.secret, &to_sign);
-        self.send(
-            json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
-        )
-        .await;
+        self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
         self.recv_event("pusher:signin_success").await
     }
 }
@@ -282,35 +241,12 @@ pub struct Rest {
 
 impl Rest {
     fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
     }
 
-    fn url(
-        &self,
-        method: &str,
-        path: &str,
-        params: &[(&str, &str)],
-        body: &[u8],
-        secret: &str,
-    ) -> String {
-        let query = rest_auth::sign_request(
-            method,
-            path,
-            &self.app.key,
-            secret,
-            Self::now(),
-            params,
-            body,
-        );
-        format!(
-            "{}{}?{}",
-            self.base,
-            path,
-            serde_urlencoded::to_string(&query).unwrap()
-        )
+    fn url(&self, method: &str, path: &str, params: &[(&str, &str)], body: &[u8], secret: &str) -> String {
+        let query = rest_auth::sign_request(method, path, &self.app.key, secret, Self::now(), params, body);
+        format!("{}{}?{}", self.base, path, serde_urlencoded::to_string(&query).unwrap())
     }
 
     /// A signed GET of `/apps/{id}{path}`; returns (status, JSON body).
@@ -322,59 +258,40 @@ impl Rest {
 
     /// A signed POST of `body` to `/apps/{id}{path}`.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.post_raw(path, body.to_string().as_bytes(), &self.app.secret)
-            .await
+        self.post_raw(path, body.to_string().as_bytes(), &self.app.secret).await
     }
 
     /// A POST signed with `secret` (use a wrong one to test refusals).
     pub async fn post_raw(&self, path: &str, body: &[u8], secret: &str) -> (u16, Value) {
         let path = format!("/apps/{}{path}", self.app.id);
         let url = self.url("POST", &path, &[], body, secret);
-        let response = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap();
+        let response =
+            self.http.post(url).header("content-type", "application/json").body(body.to_vec()).send().await.unwrap();
         Self::read(response).await
     }
 
     /// Triggers `name` with string `data` on `channels`.
     pub async fn trigger(&self, channels: &[&str], name: &str, data: &str) -> (u16, Value) {
-        self.post(
-            "/events",
-            &json!({"name": name, "channels": channels, "data": data}),
-        )
-        .await
+        self.post("/events", &json!({"name": name, "channels": channels, "data": data})).await
     }
 
     async fn read(response: reqwest::Response) -> (u16, Value) {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 }
 
 /// The value of one series in a Prometheus exposition: `name` with every
 /// label in `labels` (other labels, such as `node`, may be present).
 pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let rest = series.strip_prefix(name)?;
-            if !(rest.is_empty() || rest.starts_with('{')) {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
+    exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !(rest.is_empty() || rest.starts_with('{')) {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
 }

@@ -11,36 +11,19 @@ async fn public_channel_receives_rest_events() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
     let ok = client.subscribe("news").await;
-    assert_eq!(
-        ok,
-        json!({"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"})
-    );
-    let (status, body) = server
-        .rest()
-        .trigger(&["news"], "update", r#"{"n":1}"#)
-        .await;
+    assert_eq!(ok, json!({"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"}));
+    let (status, body) = server.rest().trigger(&["news"], "update", r#"{"n":1}"#).await;
     assert_eq!((status, body), (200, json!({})));
-    assert_eq!(
-        client.recv().await,
-        json!({"event": "update", "channel": "news", "data": r#"{"n":1}"#})
-    );
+    assert_eq!(client.recv().await, json!({"event": "update", "channel": "news", "data": r#"{"n":1}"#}));
 }
 
 #[tokio::test]
 async fn private_channels_need_a_valid_signature() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    assert_eq!(
-        client.subscribe("private-a").await["event"],
-        "pusher_internal:subscription_succeeded"
-    );
+    assert_eq!(client.subscribe("private-a").await["event"], "pusher_internal:subscription_succeeded");
 
-    for auth in [
-        json!(null),
-        json!("app-key:deadbeef"),
-        json!("other-key:00"),
-        json!(42),
-    ] {
+    for auth in [json!(null), json!("app-key:deadbeef"), json!("other-key:00"), json!(42)] {
         client.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-b", "auth": auth}})).await;
         let error = client.recv_for_channel("private-b").await;
         assert_eq!(error["event"], "pusher:subscription_error", "{auth}");
@@ -57,24 +40,13 @@ async fn private_channels_need_a_valid_signature() {
 async fn encrypted_channels_relay_payloads_untouched_and_refuse_client_events() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    assert_eq!(
-        client.subscribe("private-encrypted-x").await["event"],
-        "pusher_internal:subscription_succeeded"
-    );
+    assert_eq!(client.subscribe("private-encrypted-x").await["event"], "pusher_internal:subscription_succeeded");
     let payload = r#"{"nonce":"bm9uY2U=","ciphertext":"Y2lwaGVy"}"#;
-    server
-        .rest()
-        .trigger(&["private-encrypted-x"], "secret", payload)
-        .await;
+    server.rest().trigger(&["private-encrypted-x"], "secret", payload).await;
     assert_eq!(client.recv().await["data"], payload);
-    client
-        .send(json!({"event": "client-x", "channel": "private-encrypted-x", "data": {}}))
-        .await;
+    client.send(json!({"event": "client-x", "channel": "private-encrypted-x", "data": {}})).await;
     assert_eq!(client.recv().await["data"]["code"], 4301);
-    let (status, _) = server
-        .rest()
-        .trigger(&["private-encrypted-x", "news"], "e", "{}")
-        .await;
+    let (status, _) = server.rest().trigger(&["private-encrypted-x", "news"], "e", "{}").await;
     assert_eq!(status, 400);
 }
 
@@ -95,10 +67,7 @@ async fn subscribing_twice_is_harmless() {
     let mut client = server.connect().await;
     client.subscribe("twice").await;
     client.subscribe("twice").await;
-    let (_, info) = server
-        .rest()
-        .get("/channels/twice", &[("info", "subscription_count")])
-        .await;
+    let (_, info) = server.rest().get("/channels/twice", &[("info", "subscription_count")]).await;
     assert_eq!(info["subscription_count"], 1);
     server.rest().trigger(&["twice"], "once", "{}").await;
     assert_eq!(client.recv().await["event"], "once");
@@ -110,9 +79,7 @@ async fn unsubscribe_stops_delivery() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
     client.subscribe("a").await;
-    client
-        .send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}}))
-        .await;
+    client.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}})).await;
     client.subscribe("b").await;
     server.rest().trigger(&["a"], "dropped", "{}").await;
     server.rest().trigger(&["b"], "kept", "{}").await;
@@ -123,61 +90,33 @@ async fn unsubscribe_stops_delivery() {
 async fn presence_tracks_members_per_user() {
     let server = TestServer::start().await;
     let mut alice = server.connect().await;
-    let ok = alice
-        .subscribe_presence("presence-room", "alice", json!({"name": "Alice"}))
-        .await;
-    assert_eq!(
-        data(&ok),
-        json!({"presence": {"count": 1, "ids": ["alice"], "hash": {"alice": {"name": "Alice"}}}})
-    );
+    let ok = alice.subscribe_presence("presence-room", "alice", json!({"name": "Alice"})).await;
+    assert_eq!(data(&ok), json!({"presence": {"count": 1, "ids": ["alice"], "hash": {"alice": {"name": "Alice"}}}}));
 
     let mut bob = server.connect().await;
-    let ok = bob
-        .subscribe_presence("presence-room", "bob", json!({"name": "Bob"}))
-        .await;
+    let ok = bob.subscribe_presence("presence-room", "bob", json!({"name": "Bob"})).await;
     assert_eq!(data(&ok)["presence"]["count"], 2);
     let added = alice.recv().await;
     assert_eq!(added["event"], "pusher_internal:member_added");
-    assert_eq!(
-        data(&added),
-        json!({"user_id": "bob", "user_info": {"name": "Bob"}})
-    );
+    assert_eq!(data(&added), json!({"user_id": "bob", "user_info": {"name": "Bob"}}));
 
     // Bob's second socket: no second member_added.
     let mut bob2 = server.connect().await;
-    bob2.subscribe_presence("presence-room", "bob", json!({"name": "Bob"}))
-        .await;
+    bob2.subscribe_presence("presence-room", "bob", json!({"name": "Bob"})).await;
     alice.expect_silence(Duration::from_millis(200)).await;
 
-    let (_, users) = server
-        .rest()
-        .get("/channels/presence-room/users", &[])
-        .await;
-    let mut ids: Vec<String> = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["id"].as_str().unwrap().into())
-        .collect();
+    let (_, users) = server.rest().get("/channels/presence-room/users", &[]).await;
+    let mut ids: Vec<String> =
+        users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().into()).collect();
     ids.sort();
     assert_eq!(ids, ["alice", "bob"]);
-    let (_, info) = server
-        .rest()
-        .get(
-            "/channels/presence-room",
-            &[("info", "user_count,subscription_count")],
-        )
-        .await;
-    assert_eq!(
-        info,
-        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
-    );
+    let (_, info) = server.rest().get("/channels/presence-room", &[("info", "user_count,subscription_count")]).await;
+    assert_eq!(info, json!({"occupied": true, "user_count": 2, "subscription_count": 3}));
 
     // Bob leaves from one socket: still a member. From the last: removed.
     drop(bob);
     alice.expect_silence(Duration::from_millis(300)).await;
-    bob2.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}}))
-        .await;
+    bob2.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})).await;
     let removed = alice.recv().await;
     assert_eq!(removed["event"], "pusher_internal:member_removed");
     assert_eq!(data(&removed), json!({"user_id": "bob"}));
@@ -195,34 +134,23 @@ async fn presence_needs_channel_data_and_respects_limits() {
     let error = client.subscribe("private-x").await;
     assert_eq!(error["event"], "pusher_internal:subscription_succeeded");
     client.send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-x", "auth": "app-key:00"}})).await;
-    assert_eq!(
-        client.recv_for_channel("presence-x").await["data"]["status"],
-        401
-    );
+    assert_eq!(client.recv_for_channel("presence-x").await["data"]["status"], 401);
 
-    let big = client
-        .subscribe_presence("presence-x", "u1", json!({"bio": "x".repeat(50)}))
-        .await;
+    let big = client.subscribe_presence("presence-x", "u1", json!({"bio": "x".repeat(50)})).await;
     assert_eq!(big["event"], "pusher:subscription_error");
     assert_eq!(big["data"]["type"], "LimitReached");
 
     assert_eq!(
-        client
-            .subscribe_presence("presence-x", "u1", json!({}))
-            .await["event"],
+        client.subscribe_presence("presence-x", "u1", json!({})).await["event"],
         "pusher_internal:subscription_succeeded"
     );
     let mut other = server.connect().await;
-    let full = other
-        .subscribe_presence("presence-x", "u2", json!({}))
-        .await;
+    let full = other.subscribe_presence("presence-x", "u2", json!({})).await;
     assert_eq!(full["event"], "pusher:subscription_error");
     assert_eq!(full["data"]["type"], "LimitReached");
     // The same user may still join from another socket.
     assert_eq!(
-        other
-            .subscribe_presence("presence-x", "u1", json!({}))
-            .await["event"],
+        other.subscribe_presence("presence-x", "u1", json!({})).await["event"],
         "pusher_internal:subscription_succeeded"
     );
 }
@@ -232,31 +160,16 @@ async fn cache_channels_replay_the_last_event_or_report_a_miss() {
     let server = TestServer::start().await;
     let mut first = server.connect().await;
     first.subscribe("cache-prices").await;
-    assert_eq!(
-        first.recv().await,
-        json!({"event": "pusher:cache_miss", "channel": "cache-prices", "data": "{}"})
-    );
+    assert_eq!(first.recv().await, json!({"event": "pusher:cache_miss", "channel": "cache-prices", "data": "{}"}));
 
-    server
-        .rest()
-        .trigger(&["cache-prices"], "price", r#"{"v":1}"#)
-        .await;
-    server
-        .rest()
-        .trigger(&["cache-prices"], "price", r#"{"v":2}"#)
-        .await;
+    server.rest().trigger(&["cache-prices"], "price", r#"{"v":1}"#).await;
+    server.rest().trigger(&["cache-prices"], "price", r#"{"v":2}"#).await;
     assert_eq!(first.recv().await["data"], r#"{"v":1}"#);
     assert_eq!(first.recv().await["data"], r#"{"v":2}"#);
 
     let mut second = server.connect().await;
-    assert_eq!(
-        second.subscribe("cache-prices").await["event"],
-        "pusher_internal:subscription_succeeded"
-    );
-    assert_eq!(
-        second.recv().await,
-        json!({"event": "price", "channel": "cache-prices", "data": r#"{"v":2}"#})
-    );
+    assert_eq!(second.subscribe("cache-prices").await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(second.recv().await, json!({"event": "price", "channel": "cache-prices", "data": r#"{"v":2}"#}));
 
     let mut private = server.connect().await;
     private.subscribe("private-cache-p").await;
@@ -267,21 +180,15 @@ async fn cache_channels_replay_the_last_event_or_report_a_miss() {
 async fn disconnect_leaves_nothing_behind() {
     let server = TestServer::start().await;
     let mut watcher = server.connect().await;
-    watcher
-        .subscribe_presence("presence-z", "w", json!({}))
-        .await;
+    watcher.subscribe_presence("presence-z", "w", json!({})).await;
     for i in 0..20 {
         let mut c = server.connect().await;
         c.subscribe(&format!("ch-{i}")).await;
-        c.subscribe_presence("presence-z", &format!("u{i}"), json!({}))
-            .await;
+        c.subscribe_presence("presence-z", &format!("u{i}"), json!({})).await;
     }
     // All twenty dropped: twenty member_removed for the watcher.
     for _ in 0..20 {
-        assert_eq!(
-            watcher.recv_event("pusher_internal:member_removed").await["channel"],
-            "presence-z"
-        );
+        assert_eq!(watcher.recv_event("pusher_internal:member_removed").await["channel"], "presence-z");
     }
     let (_, channels) = server.rest().get("/channels", &[]).await;
     assert_eq!(channels, json!({"channels": {"presence-z": {}}}));

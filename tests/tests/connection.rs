@@ -16,10 +16,7 @@ async fn connection_established_carries_socket_id_and_activity_timeout() {
     assert_eq!(frame["event"], "pusher:connection_established");
     let d = data(&frame);
     let socket_id = d["socket_id"].as_str().unwrap();
-    assert!(
-        socket_id.parse::<herald_protocol::SocketId>().is_ok(),
-        "{socket_id}"
-    );
+    assert!(socket_id.parse::<herald_protocol::SocketId>().is_ok(), "{socket_id}");
     assert_eq!(d["activity_timeout"], 120);
 }
 
@@ -27,13 +24,8 @@ async fn connection_established_carries_socket_id_and_activity_timeout() {
 async fn ping_gets_pong() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    client
-        .send(json!({"event": "pusher:ping", "data": {}}))
-        .await;
-    assert_eq!(
-        client.recv().await,
-        json!({"event": "pusher:pong", "data": {}})
-    );
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv().await, json!({"event": "pusher:pong", "data": {}}));
 }
 
 #[tokio::test]
@@ -92,46 +84,25 @@ async fn answering_pings_keeps_the_connection() {
     let mut client = server.connect().await;
     for _ in 0..3 {
         assert_eq!(client.recv().await["event"], "pusher:ping");
-        client
-            .send(json!({"event": "pusher:pong", "data": {}}))
-            .await;
+        client.send(json!({"event": "pusher:pong", "data": {}})).await;
     }
-    client
-        .send(json!({"event": "pusher:ping", "data": {}}))
-        .await;
-    assert_eq!(
-        client.recv_event("pusher:pong").await["event"],
-        "pusher:pong"
-    );
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv_event("pusher:pong").await["event"], "pusher:pong");
 }
 
 #[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_survives() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    for bad in [
-        "{",
-        "[]",
-        "42",
-        r#"{"data":{}}"#,
-        r#"{"event":"nope"}"#,
-        r#"{"event":"pusher:subscribe","data":{}}"#,
-    ] {
+    for bad in ["{", "[]", "42", r#"{"data":{}}"#, r#"{"event":"nope"}"#, r#"{"event":"pusher:subscribe","data":{}}"#] {
         client.send_text(bad).await;
         let error = client.recv().await;
         assert_eq!(error["event"], "pusher:error", "{bad}");
         assert_eq!(error["data"]["code"], 4302, "{bad}");
     }
-    client
-        .ws
-        .send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
+    client.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(client.recv().await["data"]["code"], 4302);
-    assert_eq!(
-        client.subscribe("still-alive").await["event"],
-        "pusher_internal:subscription_succeeded"
-    );
+    assert_eq!(client.subscribe("still-alive").await["event"], "pusher_internal:subscription_succeeded");
 }
 
 #[tokio::test]
@@ -141,9 +112,7 @@ async fn oversized_frames_close_with_1009_without_harming_others() {
     other.subscribe("room").await;
     let mut client = server.connect().await;
     let huge = "x".repeat(100 * 1024);
-    client
-        .send(json!({"event": "client-x", "channel": "private-a", "data": huge}))
-        .await;
+    client.send(json!({"event": "client-x", "channel": "private-a", "data": huge})).await;
     assert_eq!(client.expect_close().await.0, Closed::Code(1009));
     server.rest().trigger(&["room"], "still", "{}").await;
     assert_eq!(other.recv_event("still").await["channel"], "room");
@@ -152,9 +121,7 @@ async fn oversized_frames_close_with_1009_without_harming_others() {
 #[tokio::test]
 async fn plain_http_on_the_websocket_path_is_a_400() {
     let server = TestServer::start().await;
-    let response = reqwest::get(format!("http://{}/app/app-key?protocol=7", server.addr))
-        .await
-        .unwrap();
+    let response = reqwest::get(format!("http://{}/app/app-key?protocol=7", server.addr)).await.unwrap();
     assert_eq!(response.status(), 400);
 }
 
@@ -187,8 +154,5 @@ async fn shutdown_tells_clients_to_reconnect_with_4200() {
         assert_eq!(closed, Closed::Code(4200));
         assert_eq!(error.unwrap()["data"]["code"], 4200);
     }
-    tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), drain).await.unwrap().unwrap();
 }

@@ -19,10 +19,7 @@ async fn connections_gauge_is_exact() {
     }
     let text = server.metrics().await;
     assert_eq!(metric_value(&text, "herald_connections", &[APP]), Some(7.0));
-    assert_eq!(
-        metric_value(&text, "herald_connections_opened_total", &[APP]),
-        Some(7.0)
-    );
+    assert_eq!(metric_value(&text, "herald_connections_opened_total", &[APP]), Some(7.0));
     clients.truncate(3);
     // Closing is asynchronous: poll until the server has seen the four leave.
     let mut value = None;
@@ -48,40 +45,19 @@ async fn one_broadcast_to_100_subscribers_counts_100_messages_and_bytes() {
     let before = server.metrics().await;
     let sent = |t: &str| metric_value(t, "herald_ws_messages_sent_total", &[APP]).unwrap();
     let bytes = |t: &str| metric_value(t, "herald_ws_bytes_sent_total", &[APP]).unwrap();
-    let (status, _) = server
-        .rest()
-        .trigger(&["metered"], "tick", r#"{"n":1}"#)
-        .await;
+    let (status, _) = server.rest().trigger(&["metered"], "tick", r#"{"n":1}"#).await;
     assert_eq!(status, 200);
     let after = server.metrics().await;
-    let frame_len =
-        message::event("tick", Some("metered"), EventData::Text(r#"{"n":1}"#), None).len();
+    let frame_len = message::event("tick", Some("metered"), EventData::Text(r#"{"n":1}"#), None).len();
     assert_eq!(sent(&after) - sent(&before), 100.0);
     assert_eq!(bytes(&after) - bytes(&before), 100.0 * frame_len as f64);
+    assert_eq!(metric_value(&after, "herald_events_triggered_total", &[APP]), Some(1.0));
+    assert_eq!(metric_value(&after, "herald_subscriptions_total", &[APP, ("kind", "public")]), Some(100.0));
     assert_eq!(
-        metric_value(&after, "herald_events_triggered_total", &[APP]),
+        metric_value(&after, "herald_rest_requests_total", &[APP, ("endpoint", "events"), ("status", "200")]),
         Some(1.0)
     );
-    assert_eq!(
-        metric_value(
-            &after,
-            "herald_subscriptions_total",
-            &[APP, ("kind", "public")]
-        ),
-        Some(100.0)
-    );
-    assert_eq!(
-        metric_value(
-            &after,
-            "herald_rest_requests_total",
-            &[APP, ("endpoint", "events"), ("status", "200")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(&after, "herald_broadcast_fanout_seconds_count", &[APP]),
-        Some(1.0)
-    );
+    assert_eq!(metric_value(&after, "herald_broadcast_fanout_seconds_count", &[APP]), Some(1.0));
     for c in &mut clients {
         assert_eq!(c.recv().await["event"], "tick");
     }
@@ -91,40 +67,15 @@ async fn one_broadcast_to_100_subscribers_counts_100_messages_and_bytes() {
 async fn rejections_are_counted_by_reason() {
     let server = TestServer::start().await;
     let body = json!({"name": "e", "channel": "c", "data": "{}"}).to_string();
-    assert_eq!(
-        server
-            .rest()
-            .post_raw("/events", body.as_bytes(), "wrong")
-            .await
-            .0,
-        401
-    );
+    assert_eq!(server.rest().post_raw("/events", body.as_bytes(), "wrong").await.0, 401);
     let mut c = server.connect().await;
     c.send_text("{nope").await;
     c.recv().await;
     let text = server.metrics().await;
+    assert_eq!(metric_value(&text, "herald_rejections_total", &[APP, ("reason", "bad_signature")]), Some(1.0));
+    assert_eq!(metric_value(&text, "herald_rejections_total", &[APP, ("reason", "bad_frame")]), Some(1.0));
     assert_eq!(
-        metric_value(
-            &text,
-            "herald_rejections_total",
-            &[APP, ("reason", "bad_signature")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "herald_rejections_total",
-            &[APP, ("reason", "bad_frame")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "herald_rest_requests_total",
-            &[APP, ("endpoint", "events"), ("status", "401")]
-        ),
+        metric_value(&text, "herald_rest_requests_total", &[APP, ("endpoint", "events"), ("status", "401")]),
         Some(1.0)
     );
 }
@@ -143,19 +94,11 @@ async fn exposition_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (Debian package prometheus)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (Debian package prometheus)");
         eprintln!("promtool not installed: skipping (scripts/test installs it)");
         return;
     };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -19,9 +19,7 @@ async fn sign_in_succeeds_with_a_valid_signature() {
 async fn bad_sign_in_closes_with_4009() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    client
-        .send(json!({"event": "pusher:signin", "data": {"auth": "app-key:00", "user_data": "{\"id\":\"u\"}"}}))
-        .await;
+    client.send(json!({"event": "pusher:signin", "data": {"auth": "app-key:00", "user_data": "{\"id\":\"u\"}"}})).await;
     let (closed, error) = client.expect_close().await;
     assert_eq!(closed, Closed::Code(4009));
     assert_eq!(error.unwrap()["data"]["code"], 4009);
@@ -31,9 +29,7 @@ async fn bad_sign_in_closes_with_4009() {
     let user_data = json!({"name": "no id"}).to_string();
     let to_sign = herald_protocol::sign::user_string_to_sign(&client.socket_id, &user_data);
     let auth = herald_protocol::sign::auth_token("app-key", "app-secret", &to_sign);
-    client
-        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
-        .await;
+    client.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
     assert_eq!(client.expect_close().await.0, Closed::Code(4009));
 }
 
@@ -54,19 +50,13 @@ async fn events_reach_a_signed_in_user() {
     client.sign_in(json!({"id": "42"})).await;
     let ok = client.subscribe("#server-to-user-42").await;
     assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
-    let (status, _) = server
-        .rest()
-        .trigger(&["#server-to-user-42"], "note", r#"{"hi":1}"#)
-        .await;
+    let (status, _) = server.rest().trigger(&["#server-to-user-42"], "note", r#"{"hi":1}"#).await;
     assert_eq!(status, 200);
     assert_eq!(client.recv().await["event"], "note");
 
     // Nobody else may listen to that user's channel.
     let mut intruder = server.connect().await;
-    assert_eq!(
-        intruder.subscribe("#server-to-user-42").await["data"]["status"],
-        403
-    );
+    assert_eq!(intruder.subscribe("#server-to-user-42").await["data"]["status"], 403);
 }
 
 #[tokio::test]
@@ -78,10 +68,7 @@ async fn terminate_connections_closes_every_socket_of_the_user() {
     a1.sign_in(json!({"id": "a"})).await;
     a2.sign_in(json!({"id": "a"})).await;
     b.sign_in(json!({"id": "b"})).await;
-    let (status, body) = server
-        .rest()
-        .post("/users/a/terminate_connections", &json!({}))
-        .await;
+    let (status, body) = server.rest().post("/users/a/terminate_connections", &json!({})).await;
     assert_eq!((status, body), (200, json!({})));
     assert_eq!(a1.expect_close().await.0, Closed::Code(4009));
     assert_eq!(a2.expect_close().await.0, Closed::Code(4009));
@@ -96,8 +83,7 @@ async fn watchlist_reports_online_and_offline() {
     friend.sign_in(json!({"id": "friend"})).await;
 
     let mut me = server.connect().await;
-    me.sign_in(json!({"id": "me", "watchlist": ["friend", "stranger"]}))
-        .await;
+    me.sign_in(json!({"id": "me", "watchlist": ["friend", "stranger"]})).await;
     let snapshot = me.recv_event("pusher_internal:watchlist_events").await;
     assert_eq!(
         data(&snapshot),
@@ -107,15 +93,9 @@ async fn watchlist_reports_online_and_offline() {
     let mut stranger = server.connect().await;
     stranger.sign_in(json!({"id": "stranger"})).await;
     let online = me.recv_event("pusher_internal:watchlist_events").await;
-    assert_eq!(
-        data(&online),
-        json!({"events": [{"name": "online", "user_ids": ["stranger"]}]})
-    );
+    assert_eq!(data(&online), json!({"events": [{"name": "online", "user_ids": ["stranger"]}]}));
 
     drop(friend);
     let offline = me.recv_event("pusher_internal:watchlist_events").await;
-    assert_eq!(
-        data(&offline),
-        json!({"events": [{"name": "offline", "user_ids": ["friend"]}]})
-    );
+    assert_eq!(data(&offline), json!({"events": [{"name": "offline", "user_ids": ["friend"]}]}));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_adapter::{text_frame, Connection, Frame, Namespace};
+use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle};
 use herald_metrics::{AppMetrics, Metrics};
 use herald_protocol::message::{self, EventData};
 use herald_protocol::SocketId;
@@ -23,42 +23,22 @@ struct Setup {
 }
 
 fn setup(metrics: AppMetrics, subscribers: usize, channels: usize) -> Setup {
-    let ns = Namespace::new("bench", metrics);
+    let ns = Namespace::new("bench", metrics, Arc::new(NoLifecycle));
     let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
     let mut queues = Vec::new();
     let mut conns = Vec::new();
     for i in 0..subscribers {
-        let (conn, rx) = Connection::new(
-            SocketId {
-                major: 1,
-                minor: i as u64,
-            },
-            64,
-        );
-        ns.subscribe(&conn, &names[i % channels], None, 100, false)
-            .unwrap();
+        let (conn, rx) = Connection::new(SocketId { major: 1, minor: i as u64 }, 64);
+        ns.subscribe(&conn, &names[i % channels], None, 100, false).unwrap();
         queues.push(rx);
         conns.push(conn);
     }
     let payload = "x".repeat(100);
     let frames = names
         .iter()
-        .map(|n| {
-            text_frame(message::event(
-                "bench-event",
-                Some(n),
-                EventData::Text(&payload),
-                None,
-            ))
-        })
+        .map(|n| text_frame(message::event("bench-event", Some(n), EventData::Text(&payload), None)))
         .collect();
-    let mut setup = Setup {
-        ns,
-        channels: names,
-        frames,
-        queues,
-        _conns: conns,
-    };
+    let mut setup = Setup { ns, channels: names, frames, queues, _conns: conns };
     drain(&mut setup.queues);
     setup
 }
@@ -76,10 +56,7 @@ fn fanout(c: &mut Criterion) {
     for subscribers in [10_000usize, 19_000] {
         group.throughput(Throughput::Elements(subscribers as u64));
         for channels in [1usize, 50] {
-            for (label, metrics) in [
-                ("metrics_on", registry.app("bench")),
-                ("metrics_off", AppMetrics::noop()),
-            ] {
+            for (label, metrics) in [("metrics_on", registry.app("bench")), ("metrics_off", AppMetrics::noop())] {
                 let mut s = setup(metrics, subscribers, channels);
                 let id = BenchmarkId::new(format!("{channels}ch_{label}"), subscribers);
                 group.bench_function(id, |b| {

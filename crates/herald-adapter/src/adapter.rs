@@ -53,20 +53,12 @@ pub trait Adapter: Send + Sync + 'static {
     async fn subscription_count(&self, app_id: &str, channel: &str) -> Result<usize, AdapterError>;
 
     /// Distinct presence members of `channel` across the cluster.
-    async fn members(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<(String, Value)>, AdapterError>;
+    async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<(String, Value)>, AdapterError>;
 
     /// Occupied channels across the cluster.
     async fn channels(&self, app_id: &str) -> Result<Vec<ChannelSummary>, AdapterError>;
 
     /// Closes every connection signed in as `user_id`, on every node, with
     /// 4009. Returns how many local connections were closed.
-    async fn terminate_user_connections(
-        &self,
-        app_id: &str,
-        user_id: &str,
-    ) -> Result<usize, AdapterError>;
+    async fn terminate_user_connections(&self, app_id: &str, user_id: &str) -> Result<usize, AdapterError>;
 }

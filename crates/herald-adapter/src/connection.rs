@@ -82,9 +82,7 @@ impl Connection {
 
     /// Asks the connection's task to close with `code` (the first request wins).
     pub fn close(&self, code: ErrorCode) {
-        let _ =
-            self.close_code
-                .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.close_code.compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
         self.closed.cancel();
     }
 

@@ -8,15 +8,16 @@
 
 mod adapter;
 mod connection;
+mod lifecycle;
 mod local;
 mod namespace;
 
 pub use adapter::{Adapter, AdapterError, ChannelSummary};
 pub use connection::{Connection, Frame, SendOutcome, SignedIn};
+pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use local::LocalAdapter;
 pub use namespace::{
-    CachedEvent, Departure, Namespace, PresenceFull, SignInOutcome, SubscribeOutcome,
-    UnsubscribeOutcome, UserDeparture,
+    CachedEvent, Departure, Namespace, PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture,
 };
 
 /// Makes a text frame from serialized JSON; clone it per recipient (a

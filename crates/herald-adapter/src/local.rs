@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use herald_metrics::AppMetrics;
 use herald_protocol::{ErrorCode, SocketId};
 use serde_json::Value;
 
@@ -20,15 +19,9 @@ pub struct LocalAdapter {
 }
 
 impl LocalAdapter {
-    /// One namespace per app, each with its pre-registered metrics.
-    pub fn new(apps: impl IntoIterator<Item = (String, AppMetrics)>) -> Self {
-        let namespaces = apps
-            .into_iter()
-            .map(|(id, metrics)| {
-                let ns = Arc::new(Namespace::new(&id, metrics));
-                (ns.app_id.clone(), ns)
-            })
-            .collect();
+    /// One namespace per app (built with its metrics and lifecycle sink).
+    pub fn new(namespaces: impl IntoIterator<Item = Arc<Namespace>>) -> Self {
+        let namespaces = namespaces.into_iter().map(|ns| (ns.app_id.clone(), ns)).collect();
         Self { namespaces }
     }
 
@@ -37,8 +30,7 @@ impl LocalAdapter {
     }
 
     fn ns(&self, app_id: &str) -> Result<&Arc<Namespace>, AdapterError> {
-        self.namespace(app_id)
-            .ok_or_else(|| AdapterError::UnknownApp(app_id.to_string()))
+        self.namespace(app_id).ok_or_else(|| AdapterError::UnknownApp(app_id.to_string()))
     }
 
     /// Every namespace (for shutdown and stats).
@@ -67,11 +59,7 @@ impl Adapter for LocalAdapter {
         Ok(self.ns(app_id)?.subscription_count(channel))
     }
 
-    async fn members(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<(String, Value)>, AdapterError> {
+    async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<(String, Value)>, AdapterError> {
         Ok(self.ns(app_id)?.members(channel))
     }
 
@@ -80,19 +68,11 @@ impl Adapter for LocalAdapter {
             .ns(app_id)?
             .channels()
             .into_iter()
-            .map(|(name, subscription_count, user_count)| ChannelSummary {
-                name,
-                subscription_count,
-                user_count,
-            })
+            .map(|(name, subscription_count, user_count)| ChannelSummary { name, subscription_count, user_count })
             .collect())
     }
 
-    async fn terminate_user_connections(
-        &self,
-        app_id: &str,
-        user_id: &str,
-    ) -> Result<usize, AdapterError> {
+    async fn terminate_user_connections(&self, app_id: &str, user_id: &str) -> Result<usize, AdapterError> {
         let connections = self.ns(app_id)?.user_connections(user_id);
         for conn in &connections {
             conn.close(ErrorCode::UNAUTHORIZED);

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::connection::{Connection, Frame, SendOutcome, SignedIn};
+use crate::lifecycle::Lifecycle;
 
 /// How long a cache channel keeps its last event.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -26,6 +27,7 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 pub struct Namespace {
     pub app_id: Arc<str>,
     metrics: AppMetrics,
+    lifecycle: Arc<dyn Lifecycle>,
     sockets: Mutex<HashMap<SocketId, Arc<Connection>>>,
     channels: Mutex<HashMap<Arc<str>, Channel>>,
     users: Mutex<Users>,
@@ -51,9 +53,7 @@ struct Member {
 
 impl Channel {
     fn snapshot(&mut self) -> Arc<[Arc<Connection>]> {
-        self.snapshot
-            .get_or_insert_with(|| self.subscribers.values().cloned().collect())
-            .clone()
+        self.snapshot.get_or_insert_with(|| self.subscribers.values().cloned().collect()).clone()
     }
 }
 
@@ -125,10 +125,11 @@ pub struct SignInOutcome {
 }
 
 impl Namespace {
-    pub fn new(app_id: &str, metrics: AppMetrics) -> Self {
+    pub fn new(app_id: &str, metrics: AppMetrics, lifecycle: Arc<dyn Lifecycle>) -> Self {
         Self {
             app_id: app_id.into(),
             metrics,
+            lifecycle,
             sockets: Mutex::default(),
             channels: Mutex::default(),
             users: Mutex::default(),
@@ -171,43 +172,41 @@ impl Namespace {
         };
         let state = channels.entry(name.clone()).or_default();
         outcome.already_subscribed = state.subscribers.contains_key(&conn.socket_id);
-        if let Some(member) = &member {
-            let user_id: Arc<str> = member.user_id.as_str().into();
-            let is_new_user = !state.members.contains_key(&user_id);
-            if !outcome.already_subscribed && is_new_user && state.members.len() >= max_members {
-                if state.subscribers.is_empty() {
-                    channels.remove(&name);
-                }
-                return Err(PresenceFull(max_members));
+        let user_id: Option<Arc<str>> = member.as_ref().map(|m| m.user_id.as_str().into());
+        let is_new_user = user_id.as_ref().is_some_and(|id| !state.members.contains_key(id));
+        if !outcome.already_subscribed && is_new_user && state.members.len() >= max_members {
+            if state.subscribers.is_empty() {
+                channels.remove(&name);
             }
-            if !outcome.already_subscribed {
-                let entry = state
-                    .members
-                    .entry(user_id.clone())
-                    .or_insert_with(|| Member {
-                        info: member.user_info.clone(),
-                        sockets: 0,
-                    });
-                entry.sockets += 1;
-                state.socket_users.insert(conn.socket_id, user_id);
-                outcome.member_added = is_new_user;
-            }
+            return Err(PresenceFull(max_members));
         }
         if !outcome.already_subscribed {
             outcome.channel_occupied = state.subscribers.is_empty();
+            if outcome.channel_occupied {
+                self.lifecycle.channel_occupied(channel);
+            }
             state.subscribers.insert(conn.socket_id, conn.clone());
             state.snapshot = None;
             conn.join(&name);
+            if let (Some(member), Some(user_id)) = (&member, user_id) {
+                let entry = state
+                    .members
+                    .entry(user_id.clone())
+                    .or_insert_with(|| Member { info: member.user_info.clone(), sockets: 0 });
+                entry.sockets += 1;
+                if is_new_user {
+                    self.lifecycle.member_added(channel, &user_id);
+                }
+                state.socket_users.insert(conn.socket_id, user_id);
+                outcome.member_added = is_new_user;
+            }
         }
         let data = if member.is_some() {
             message::presence_data(state.members.iter().map(|(id, m)| (&**id, &m.info)))
         } else {
             "{}".to_string()
         };
-        self.send_to(
-            conn,
-            crate::text_frame(message::subscription_succeeded(channel, &data)),
-        );
+        self.send_to(conn, crate::text_frame(message::subscription_succeeded(channel, &data)));
         if is_cache {
             match self.cached(channel) {
                 Some(event) => {
@@ -228,14 +227,11 @@ impl Namespace {
             return None;
         }
         let mut channels = self.channels.lock();
-        Some(Self::remove_from_channel(
-            &mut channels,
-            conn.socket_id,
-            channel,
-        ))
+        Some(self.remove_from_channel(&mut channels, conn.socket_id, channel))
     }
 
     fn remove_from_channel(
+        &self,
         channels: &mut HashMap<Arc<str>, Channel>,
         socket_id: SocketId,
         channel: &str,
@@ -252,12 +248,14 @@ impl Namespace {
                 member.sockets -= 1;
                 if member.sockets == 0 {
                     state.members.remove(&user_id);
+                    self.lifecycle.member_removed(channel, &user_id);
                     outcome.member_removed = Some(user_id);
                 }
             }
         }
         if state.subscribers.is_empty() {
             channels.remove(channel);
+            self.lifecycle.channel_vacated(channel);
             outcome.vacated = true;
         }
         outcome
@@ -265,21 +263,37 @@ impl Namespace {
 
     /// Removes a connection and everything it held; returns what changed.
     pub fn remove_connection(&self, conn: &Connection) -> Departure {
-        conn.mark_leaving();
-        self.sockets.lock().remove(&conn.socket_id);
-        let joined = conn.take_channels();
-        let mut departure = Departure::default();
-        if !joined.is_empty() {
+        self.remove_connections(std::slice::from_ref(&conn)).pop().unwrap_or_default()
+    }
+
+    /// Removes several connections, taking each lock once for the batch;
+    /// returns one departure per connection, in order.
+    pub fn remove_connections<C: std::ops::Deref<Target = Connection>>(&self, conns: &[C]) -> Vec<Departure> {
+        let mut sockets = self.sockets.lock();
+        for conn in conns {
+            conn.mark_leaving();
+            sockets.remove(&conn.socket_id);
+        }
+        drop(sockets);
+        let joined: Vec<Vec<Arc<str>>> = conns.iter().map(|c| c.take_channels()).collect();
+        let mut departures: Vec<Departure> = Vec::with_capacity(conns.len());
+        {
             let mut channels = self.channels.lock();
-            for channel in joined {
-                let outcome = Self::remove_from_channel(&mut channels, conn.socket_id, &channel);
-                departure.channels.push((channel, outcome));
+            for (conn, joined) in conns.iter().zip(joined) {
+                let mut departure = Departure::default();
+                for channel in joined {
+                    let outcome = self.remove_from_channel(&mut channels, conn.socket_id, &channel);
+                    departure.channels.push((channel, outcome));
+                }
+                departures.push(departure);
             }
         }
-        if let Some(user) = conn.take_user() {
-            departure.user = Some(self.remove_user(conn.socket_id, user));
+        for (conn, departure) in conns.iter().zip(departures.iter_mut()) {
+            if let Some(user) = conn.take_user() {
+                departure.user = Some(self.remove_user(conn.socket_id, user));
+            }
         }
-        departure
+        departures
     }
 
     fn remove_user(&self, socket_id: SocketId, user: SignedIn) -> UserDeparture {
@@ -304,25 +318,14 @@ impl Namespace {
             (true, Some(w)) => w.values().cloned().collect(),
             _ => Vec::new(),
         };
-        UserDeparture {
-            user_id: user.user_id,
-            went_offline,
-            watchers,
-        }
+        UserDeparture { user_id: user.user_id, went_offline, watchers }
     }
 
     /// Records a sign-in. A connection signs in once; a second sign-in
     /// replaces the first.
-    pub fn sign_in(
-        &self,
-        conn: &Arc<Connection>,
-        user_id: &str,
-        watchlist: &[String],
-    ) -> SignInOutcome {
-        let user = SignedIn {
-            user_id: user_id.into(),
-            watchlist: watchlist.iter().map(|w| Arc::from(w.as_str())).collect(),
-        };
+    pub fn sign_in(&self, conn: &Arc<Connection>, user_id: &str, watchlist: &[String]) -> SignInOutcome {
+        let user =
+            SignedIn { user_id: user_id.into(), watchlist: watchlist.iter().map(|w| Arc::from(w.as_str())).collect() };
         if let Some(previous) = conn.set_user(user.clone()) {
             self.remove_user(conn.socket_id, previous);
         }
@@ -331,40 +334,19 @@ impl Namespace {
         let came_online = sockets.is_empty();
         sockets.insert(conn.socket_id, conn.clone());
         for watched in &user.watchlist {
-            users
-                .watchers
-                .entry(watched.clone())
-                .or_default()
-                .insert(conn.socket_id, conn.clone());
+            users.watchers.entry(watched.clone()).or_default().insert(conn.socket_id, conn.clone());
         }
         let watchers = match (came_online, users.watchers.get(user_id)) {
-            (true, Some(w)) => w
-                .values()
-                .filter(|c| c.socket_id != conn.socket_id)
-                .cloned()
-                .collect(),
+            (true, Some(w)) => w.values().filter(|c| c.socket_id != conn.socket_id).cloned().collect(),
             _ => Vec::new(),
         };
-        let online_watched = watchlist
-            .iter()
-            .filter(|w| users.sockets.contains_key(w.as_str()))
-            .cloned()
-            .collect();
-        SignInOutcome {
-            came_online,
-            watchers,
-            online_watched,
-        }
+        let online_watched = watchlist.iter().filter(|w| users.sockets.contains_key(w.as_str())).cloned().collect();
+        SignInOutcome { came_online, watchers, online_watched }
     }
 
     /// The connections signed in as `user_id` on this node.
     pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Connection>> {
-        self.users
-            .lock()
-            .sockets
-            .get(user_id)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
+        self.users.lock().sockets.get(user_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Queues `frame` to every subscriber of `channel` except `except`.
@@ -378,9 +360,7 @@ impl Namespace {
         };
         let delivered = deliver(&snapshot, frame, except);
         self.metrics.delivered(delivered as u64, frame.len());
-        self.metrics
-            .broadcast_fanout_seconds
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
         delivered
     }
 
@@ -425,17 +405,11 @@ impl Namespace {
     }
 
     pub fn subscription_count(&self, channel: &str) -> usize {
-        self.channels
-            .lock()
-            .get(channel)
-            .map_or(0, |c| c.subscribers.len())
+        self.channels.lock().get(channel).map_or(0, |c| c.subscribers.len())
     }
 
     pub fn user_count(&self, channel: &str) -> usize {
-        self.channels
-            .lock()
-            .get(channel)
-            .map_or(0, |c| c.members.len())
+        self.channels.lock().get(channel).map_or(0, |c| c.members.len())
     }
 
     /// A presence channel's members: (user id, user info).
@@ -443,22 +417,13 @@ impl Namespace {
         self.channels
             .lock()
             .get(channel)
-            .map(|c| {
-                c.members
-                    .iter()
-                    .map(|(id, m)| (id.to_string(), m.info.clone()))
-                    .collect()
-            })
+            .map(|c| c.members.iter().map(|(id, m)| (id.to_string(), m.info.clone())).collect())
             .unwrap_or_default()
     }
 
     /// Every occupied channel: (name, subscriptions, distinct users).
     pub fn channels(&self) -> Vec<(String, usize, usize)> {
-        self.channels
-            .lock()
-            .iter()
-            .map(|(name, c)| (name.to_string(), c.subscribers.len(), c.members.len()))
-            .collect()
+        self.channels.lock().iter().map(|(name, c)| (name.to_string(), c.subscribers.len(), c.members.len())).collect()
     }
 }
 
@@ -484,7 +449,7 @@ mod tests {
     use tokio::sync::mpsc::Receiver;
 
     fn ns() -> Namespace {
-        Namespace::new("app", Metrics::new("test").app("app"))
+        Namespace::new("app", Metrics::new("test").app("app"), Arc::new(crate::NoLifecycle))
     }
 
     fn conn(n: u64) -> (Arc<Connection>, Receiver<Frame>) {
@@ -500,10 +465,7 @@ mod tests {
     }
 
     fn member(id: &str) -> Option<PresenceMember> {
-        Some(PresenceMember {
-            user_id: id.into(),
-            user_info: json!({"name": id}),
-        })
+        Some(PresenceMember { user_id: id.into(), user_info: json!({"name": id}) })
     }
 
     #[test]
@@ -512,26 +474,17 @@ mod tests {
         let (a1, _r1) = conn(1);
         let (a2, _r2) = conn(2);
         let (b, mut rb) = conn(3);
-        let o = ns
-            .subscribe(&a1, "presence-x", member("a"), 100, false)
-            .unwrap();
+        let o = ns.subscribe(&a1, "presence-x", member("a"), 100, false).unwrap();
         assert!(o.channel_occupied && o.member_added);
-        let o = ns
-            .subscribe(&a2, "presence-x", member("a"), 100, false)
-            .unwrap();
+        let o = ns.subscribe(&a2, "presence-x", member("a"), 100, false).unwrap();
         assert!(!o.channel_occupied && !o.member_added);
-        let o = ns
-            .subscribe(&b, "presence-x", member("b"), 100, false)
-            .unwrap();
+        let o = ns.subscribe(&b, "presence-x", member("b"), 100, false).unwrap();
         assert!(o.member_added);
         let succeeded = drain(&mut rb).remove(0);
         assert!(succeeded.contains(r#"\"count\":2"#), "{succeeded}");
         assert_eq!(ns.user_count("presence-x"), 2);
         assert_eq!(ns.subscription_count("presence-x"), 3);
-        assert_eq!(
-            ns.unsubscribe(&a1, "presence-x"),
-            Some(UnsubscribeOutcome::default())
-        );
+        assert_eq!(ns.unsubscribe(&a1, "presence-x"), Some(UnsubscribeOutcome::default()));
         let o = ns.unsubscribe(&a2, "presence-x").unwrap();
         assert_eq!(o.member_removed.as_deref(), Some("a"));
         let d = ns.remove_connection(&b);
@@ -545,14 +498,9 @@ mod tests {
         let (a, _ra) = conn(1);
         let (a2, _ra2) = conn(2);
         let (b, _rb) = conn(3);
-        ns.subscribe(&a, "presence-x", member("a"), 1, false)
-            .unwrap();
-        ns.subscribe(&a2, "presence-x", member("a"), 1, false)
-            .unwrap();
-        assert_eq!(
-            ns.subscribe(&b, "presence-x", member("b"), 1, false),
-            Err(PresenceFull(1))
-        );
+        ns.subscribe(&a, "presence-x", member("a"), 1, false).unwrap();
+        ns.subscribe(&a2, "presence-x", member("a"), 1, false).unwrap();
+        assert_eq!(ns.subscribe(&b, "presence-x", member("b"), 1, false), Err(PresenceFull(1)));
         assert!(!b.is_subscribed("presence-x"));
     }
 
@@ -578,11 +526,8 @@ mod tests {
     fn subscribing_twice_is_harmless() {
         let ns = ns();
         let (a, mut ra) = conn(1);
-        ns.subscribe(&a, "presence-x", member("a"), 100, false)
-            .unwrap();
-        let o = ns
-            .subscribe(&a, "presence-x", member("a"), 100, false)
-            .unwrap();
+        ns.subscribe(&a, "presence-x", member("a"), 100, false).unwrap();
+        let o = ns.subscribe(&a, "presence-x", member("a"), 100, false).unwrap();
         assert!(o.already_subscribed && !o.member_added);
         assert_eq!(ns.subscription_count("presence-x"), 1);
         assert_eq!(drain(&mut ra).len(), 2);
@@ -594,19 +539,11 @@ mod tests {
     fn cache_channels_replay_or_miss() {
         let ns = ns();
         let (a, mut ra) = conn(1);
-        assert!(
-            ns.subscribe(&a, "cache-x", None, 100, true)
-                .unwrap()
-                .cache_miss
-        );
+        assert!(ns.subscribe(&a, "cache-x", None, 100, true).unwrap().cache_miss);
         assert!(drain(&mut ra)[1].contains("pusher:cache_miss"));
         ns.set_cached("cache-x", crate::text_frame("last".into()));
         let (b, mut rb) = conn(2);
-        assert!(
-            !ns.subscribe(&b, "cache-x", None, 100, true)
-                .unwrap()
-                .cache_miss
-        );
+        assert!(!ns.subscribe(&b, "cache-x", None, 100, true).unwrap().cache_miss);
         assert_eq!(drain(&mut rb)[1], "last");
     }
 

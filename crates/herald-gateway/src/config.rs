@@ -15,11 +15,7 @@ use serde::Deserialize;
 
 /// Command-line flags; each also reads the environment variable it names.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(
-    name = "herald",
-    version,
-    about = "Herald: a Pusher-compatible WebSocket server"
-)]
+#[command(name = "herald", version, about = "Herald: a Pusher-compatible WebSocket server")]
 pub struct Cli {
     /// TOML config file (see docs/configuration.md).
     #[arg(long, env = "HERALD_CONFIG")]
@@ -60,6 +56,33 @@ pub struct Cli {
     /// Seconds SIGTERM waits for clients to leave before closing them [default: 10].
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Cleanup worker tasks; 0 = one per core [default: 0].
+    #[arg(long, env = "HERALD_CLEANUP_WORKERS")]
+    pub cleanup_workers: Option<usize>,
+    /// Departures each cleanup worker may have queued [default: 4096].
+    #[arg(long, env = "HERALD_CLEANUP_QUEUE")]
+    pub cleanup_queue: Option<usize>,
+    /// Most departures cleaned in one batch [default: 128].
+    #[arg(long, env = "HERALD_CLEANUP_BATCH_SIZE")]
+    pub cleanup_batch_size: Option<usize>,
+    /// Milliseconds a cleanup worker waits to fill a batch [default: 5].
+    #[arg(long, env = "HERALD_CLEANUP_BATCH_TIMEOUT_MS")]
+    pub cleanup_batch_timeout_ms: Option<u64>,
+    /// Milliseconds webhook events are gathered into one request [default: 50].
+    #[arg(long, env = "HERALD_WEBHOOK_BATCH_MS")]
+    pub webhook_batch_ms: Option<u64>,
+    /// Milliseconds one webhook request may take [default: 5000].
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
+    /// Retries of a failed webhook request [default: 3].
+    #[arg(long, env = "HERALD_WEBHOOK_RETRIES")]
+    pub webhook_retries: Option<u32>,
+    /// Milliseconds before the first retry; doubles each time [default: 500].
+    #[arg(long, env = "HERALD_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// Webhook events each target may have queued [default: 10000].
+    #[arg(long, env = "HERALD_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
 }
 
 /// Log output format.
@@ -87,6 +110,15 @@ struct FileConfig {
     max_frame_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     shutdown_grace: Option<u64>,
+    cleanup_workers: Option<usize>,
+    cleanup_queue: Option<usize>,
+    cleanup_batch_size: Option<usize>,
+    cleanup_batch_timeout_ms: Option<u64>,
+    webhook_batch_ms: Option<u64>,
+    webhook_timeout_ms: Option<u64>,
+    webhook_retries: Option<u32>,
+    webhook_backoff_ms: Option<u64>,
+    webhook_queue: Option<usize>,
     #[serde(default)]
     apps: Vec<AppConfig>,
 }
@@ -119,6 +151,17 @@ pub struct AppConfig {
     pub max_batch_size: usize,
     /// Seconds a connection has to sign in; 0 means sign-in is optional.
     pub user_authentication_timeout: u64,
+    /// Where this app's webhooks go.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Event names to send; all when absent.
+    pub events: Option<Vec<String>>,
 }
 
 impl Default for AppConfig {
@@ -138,6 +181,7 @@ impl Default for AppConfig {
             max_event_channels: 100,
             max_batch_size: 10,
             user_authentication_timeout: 0,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -157,6 +201,15 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
+    pub cleanup_workers: usize,
+    pub cleanup_queue: usize,
+    pub cleanup_batch_size: usize,
+    pub cleanup_batch_timeout: Duration,
+    pub webhook_batch: Duration,
+    pub webhook_timeout: Duration,
+    pub webhook_retries: u32,
+    pub webhook_backoff: Duration,
+    pub webhook_queue: usize,
     pub apps: Vec<AppConfig>,
 }
 
@@ -175,6 +228,15 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_request_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            cleanup_workers: 0,
+            cleanup_queue: 4096,
+            cleanup_batch_size: 128,
+            cleanup_batch_timeout: Duration::from_millis(5),
+            webhook_batch: Duration::from_millis(50),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_retries: 3,
+            webhook_backoff: Duration::from_millis(500),
+            webhook_queue: 10_000,
             apps: vec![AppConfig::default()],
         }
     }
@@ -184,10 +246,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for {key}: {message}")]
@@ -195,19 +254,18 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// Environment variables that configure the default app (no config file apps).
-pub const DEFAULT_APP_ENV: [&str; 5] = [
+pub const DEFAULT_APP_ENV: [&str; 7] = [
     "HERALD_APP_ID",
     "HERALD_APP_KEY",
     "HERALD_APP_SECRET",
     "HERALD_APP_CLIENT_EVENTS",
     "HERALD_APP_MAX_CONNECTIONS",
+    "HERALD_APP_WEBHOOK_URL",
+    "HERALD_APP_WEBHOOK_EVENTS",
 ];
 
 impl Config {
@@ -216,52 +274,41 @@ impl Config {
     pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
             }
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let secs =
-            |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        let millis = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
         let mut config = Config {
             host: cli.host.or(file.host).unwrap_or(d.host),
             port: cli.port.or(file.port).unwrap_or(d.port),
-            metrics_port: cli
-                .metrics_port
-                .or(file.metrics_port)
-                .unwrap_or(d.metrics_port),
+            metrics_port: cli.metrics_port.or(file.metrics_port).unwrap_or(d.metrics_port),
             node_id: cli.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
             log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
-            log_level: cli
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or(d.log_level),
-            activity_timeout: secs(
-                cli.activity_timeout.or(file.activity_timeout),
-                d.activity_timeout,
-            ),
+            log_level: cli.log_level.clone().or(file.log_level).unwrap_or(d.log_level),
+            activity_timeout: secs(cli.activity_timeout.or(file.activity_timeout), d.activity_timeout),
             pong_timeout: secs(cli.pong_timeout.or(file.pong_timeout), d.pong_timeout),
-            outbound_queue: cli
-                .outbound_queue
-                .or(file.outbound_queue)
-                .unwrap_or(d.outbound_queue),
-            max_frame_bytes: cli
-                .max_frame_bytes
-                .or(file.max_frame_bytes)
-                .unwrap_or(d.max_frame_bytes),
-            max_request_bytes: cli
-                .max_request_bytes
-                .or(file.max_request_bytes)
-                .unwrap_or(d.max_request_bytes),
+            outbound_queue: cli.outbound_queue.or(file.outbound_queue).unwrap_or(d.outbound_queue),
+            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes).unwrap_or(d.max_request_bytes),
             shutdown_grace: secs(cli.shutdown_grace.or(file.shutdown_grace), d.shutdown_grace),
+            cleanup_workers: cli.cleanup_workers.or(file.cleanup_workers).unwrap_or(d.cleanup_workers),
+            cleanup_queue: cli.cleanup_queue.or(file.cleanup_queue).unwrap_or(d.cleanup_queue),
+            cleanup_batch_size: cli.cleanup_batch_size.or(file.cleanup_batch_size).unwrap_or(d.cleanup_batch_size),
+            cleanup_batch_timeout: millis(
+                cli.cleanup_batch_timeout_ms.or(file.cleanup_batch_timeout_ms),
+                d.cleanup_batch_timeout,
+            ),
+            webhook_batch: millis(cli.webhook_batch_ms.or(file.webhook_batch_ms), d.webhook_batch),
+            webhook_timeout: millis(cli.webhook_timeout_ms.or(file.webhook_timeout_ms), d.webhook_timeout),
+            webhook_retries: cli.webhook_retries.or(file.webhook_retries).unwrap_or(d.webhook_retries),
+            webhook_backoff: millis(cli.webhook_backoff_ms.or(file.webhook_backoff_ms), d.webhook_backoff),
+            webhook_queue: cli.webhook_queue.or(file.webhook_queue).unwrap_or(d.webhook_queue),
             apps: file.apps,
         };
         if config.apps.is_empty() {
@@ -285,6 +332,18 @@ impl Config {
         if self.outbound_queue == 0 {
             return Err(invalid("outbound_queue", "must be at least 1"));
         }
+        if self.cleanup_queue == 0 {
+            return Err(invalid("cleanup_queue", "must be at least 1"));
+        }
+        if self.cleanup_batch_size == 0 {
+            return Err(invalid("cleanup_batch_size", "must be at least 1"));
+        }
+        if self.webhook_queue == 0 {
+            return Err(invalid("webhook_queue", "must be at least 1"));
+        }
+        if self.webhook_timeout.is_zero() {
+            return Err(invalid("webhook_timeout_ms", "must be at least 1"));
+        }
         if self.max_frame_bytes < 1024 {
             return Err(invalid("max_frame_bytes", "must be at least 1024"));
         }
@@ -301,24 +360,27 @@ impl Config {
                 return Err(invalid(key("id"), format!("duplicate app id {:?}", app.id)));
             }
             if !keys.insert(app.key.as_str()) {
-                return Err(invalid(
-                    key("key"),
-                    format!("duplicate app key {:?}", app.key),
-                ));
+                return Err(invalid(key("key"), format!("duplicate app key {:?}", app.key)));
             }
             if app.client_event_rate == 0 && app.client_events {
-                return Err(invalid(
-                    key("client_event_rate"),
-                    "must be at least 1 when client_events is on",
-                ));
+                return Err(invalid(key("client_event_rate"), "must be at least 1 when client_events is on"));
+            }
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                let field = |f: &str| key(&format!("webhooks[{j}].{f}"));
+                if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                    return Err(invalid(field("url"), "must be an http:// or https:// URL"));
+                }
+                for event in hook.events.iter().flatten() {
+                    if !crate::webhooks::EVENT_NAMES.contains(&event.as_str()) {
+                        let known = crate::webhooks::EVENT_NAMES.join(", ");
+                        return Err(invalid(field("events"), format!("unknown event {event:?} (known: {known})")));
+                    }
+                }
             }
             if app.max_event_payload_bytes + 1024 > self.max_frame_bytes {
                 return Err(invalid(
                     key("max_event_payload_bytes"),
-                    format!(
-                        "must be at least 1 KiB below max_frame_bytes ({})",
-                        self.max_frame_bytes
-                    ),
+                    format!("must be at least 1 KiB below max_frame_bytes ({})", self.max_frame_bytes),
                 ));
             }
         }
@@ -338,13 +400,17 @@ fn default_app_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<AppConf
         app.secret = v;
     }
     if let Some(v) = env("HERALD_APP_CLIENT_EVENTS") {
-        app.client_events = parse_bool(&v)
-            .ok_or_else(|| invalid("HERALD_APP_CLIENT_EVENTS", "expected true or false"))?;
+        app.client_events =
+            parse_bool(&v).ok_or_else(|| invalid("HERALD_APP_CLIENT_EVENTS", "expected true or false"))?;
     }
     if let Some(v) = env("HERALD_APP_MAX_CONNECTIONS") {
-        app.max_connections = v
-            .parse()
-            .map_err(|_| invalid("HERALD_APP_MAX_CONNECTIONS", "expected a number"))?;
+        app.max_connections = v.parse().map_err(|_| invalid("HERALD_APP_MAX_CONNECTIONS", "expected a number"))?;
+    }
+    if let Some(url) = env("HERALD_APP_WEBHOOK_URL").filter(|u| !u.is_empty()) {
+        let events = env("HERALD_APP_WEBHOOK_EVENTS")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+        app.webhooks.push(WebhookConfig { url, events });
     }
     Ok(app)
 }
@@ -372,10 +438,7 @@ mod tests {
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -399,10 +462,7 @@ mod tests {
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ));
-            std::fs::File::create(&path)
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
+            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
             TempPath(path)
         }
     }
@@ -417,34 +477,30 @@ mod tests {
 
     #[test]
     fn env_configures_the_default_app() {
-        let c = Config::load(
-            &Cli::default(),
-            env(&[
-                ("HERALD_APP_KEY", "k"),
-                ("HERALD_APP_CLIENT_EVENTS", "false"),
-            ]),
-        )
-        .unwrap();
+        let c = Config::load(&Cli::default(), env(&[("HERALD_APP_KEY", "k"), ("HERALD_APP_CLIENT_EVENTS", "false")]))
+            .unwrap();
         assert_eq!(c.apps[0].key, "k");
         assert!(!c.apps[0].client_events);
+        let err = Config::load(&Cli::default(), env(&[("HERALD_APP_CLIENT_EVENTS", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("HERALD_APP_CLIENT_EVENTS"));
+        let c = Config::load(
+            &Cli::default(),
+            env(&[("HERALD_APP_WEBHOOK_URL", "http://h/x"), ("HERALD_APP_WEBHOOK_EVENTS", "member_added, cache_miss")]),
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].webhooks[0].events, Some(vec!["member_added".into(), "cache_miss".into()]));
         let err = Config::load(
             &Cli::default(),
-            env(&[("HERALD_APP_CLIENT_EVENTS", "maybe")]),
+            env(&[("HERALD_APP_WEBHOOK_URL", "http://h/x"), ("HERALD_APP_WEBHOOK_EVENTS", "nope")]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("HERALD_APP_CLIENT_EVENTS"));
+        assert!(err.to_string().contains("apps[0].webhooks[0].events"), "{err}");
     }
 
     #[test]
     fn cli_beats_file() {
-        let f = file(
-            "port = 7000\nmetrics_port = 7001\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
-        );
-        let cli = Cli {
-            config: Some(f.0.clone()),
-            port: Some(8000),
-            ..Cli::default()
-        };
+        let f = file("port = 7000\nmetrics_port = 7001\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n");
+        let cli = Cli { config: Some(f.0.clone()), port: Some(8000), ..Cli::default() };
         let c = Config::load(&cli, env(&[("HERALD_APP_KEY", "ignored")])).unwrap();
         assert_eq!(c.port, 8000);
         assert_eq!(c.metrics_port, 7001);
@@ -455,44 +511,18 @@ mod tests {
     #[test]
     fn bad_keys_are_named() {
         let f = file("prot = 1\n");
-        let err = Config::load(
-            &Cli {
-                config: Some(f.0.clone()),
-                ..Cli::default()
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"\"\n");
-        let err = Config::load(
-            &Cli {
-                config: Some(f.0.clone()),
-                ..Cli::default()
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("apps[0].secret"), "{err}");
-        let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"1\"\nkey = \"k2\"\nsecret = \"s\"\n");
-        let err = Config::load(
-            &Cli {
-                config: Some(f.0.clone()),
-                ..Cli::default()
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+        let f = file(
+            "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"1\"\nkey = \"k2\"\nsecret = \"s\"\n",
+        );
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("apps[1].id"), "{err}");
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
-        let err = Config::load(
-            &Cli {
-                config: Some(f.0.clone()),
-                ..Cli::default()
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("client_event"), "{err}");
     }
 }

@@ -12,14 +12,7 @@ use crate::apps::App;
 use crate::state::State;
 
 /// A new user joined presence `channel`: tell the other members.
-pub async fn member_joined(
-    state: &State,
-    app: &App,
-    channel: &str,
-    socket_id: SocketId,
-    user_id: &str,
-    info: &Value,
-) {
+pub async fn member_joined(state: &State, app: &App, channel: &str, socket_id: SocketId, user_id: &str, info: &Value) {
     let frame = text_frame(message::member_added(channel, user_id, info));
     broadcast(state, app, channel, frame, Some(socket_id)).await;
 }
@@ -42,28 +35,16 @@ pub async fn departed(state: &State, app: &App, departure: Departure) {
     }
     if let Some(user) = departure.user {
         if user.went_offline && !user.watchers.is_empty() {
-            let frame = text_frame(message::watchlist_events(&[(
-                WatchlistEvent::Offline,
-                vec![user.user_id.to_string()],
-            )]));
+            let frame =
+                text_frame(message::watchlist_events(&[(WatchlistEvent::Offline, vec![user.user_id.to_string()])]));
             app.namespace.send_all(&user.watchers, &frame);
         }
     }
 }
 
 /// Delivers a frame through the adapter, logging (not failing) fabric errors.
-pub async fn broadcast(
-    state: &State,
-    app: &App,
-    channel: &str,
-    frame: Frame,
-    except: Option<SocketId>,
-) {
-    if let Err(e) = state
-        .adapter
-        .broadcast(&app.config.id, channel, frame, except)
-        .await
-    {
+pub async fn broadcast(state: &State, app: &App, channel: &str, frame: Frame, except: Option<SocketId>) {
+    if let Err(e) = state.adapter.broadcast(&app.config.id, channel, frame, except).await {
         tracing::warn!(app = %app.config.id, channel, error = %e, "broadcast failed");
     }
 }
@@ -73,11 +54,7 @@ pub fn watchlist_snapshot(watchlist: &[String], online: &[String]) -> Option<Fra
     if watchlist.is_empty() {
         return None;
     }
-    let offline: Vec<String> = watchlist
-        .iter()
-        .filter(|w| !online.contains(w))
-        .cloned()
-        .collect();
+    let offline: Vec<String> = watchlist.iter().filter(|w| !online.contains(w)).cloned().collect();
     Some(text_frame(message::watchlist_events(&[
         (WatchlistEvent::Online, online.to_vec()),
         (WatchlistEvent::Offline, offline),
@@ -86,8 +63,5 @@ pub fn watchlist_snapshot(watchlist: &[String], online: &[String]) -> Option<Fra
 
 /// The frame telling watchers a user came online.
 pub fn came_online(user_id: &str) -> Frame {
-    text_frame(message::watchlist_events(&[(
-        WatchlistEvent::Online,
-        vec![user_id.to_string()],
-    )]))
+    text_frame(message::watchlist_events(&[(WatchlistEvent::Online, vec![user_id.to_string()])]))
 }

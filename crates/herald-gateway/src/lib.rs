@@ -12,7 +12,8 @@ pub mod logging;
 mod rest;
 mod server;
 pub mod state;
+pub mod webhooks;
 mod ws;
 
-pub use config::{AppConfig, Cli, Config, ConfigError};
+pub use config::{AppConfig, Cli, Config, ConfigError, WebhookConfig};
 pub use server::Server;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_adapter::Adapter;
 use herald_metrics::Metrics;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
@@ -13,7 +12,6 @@ use tokio::task::JoinHandle;
 use warp::http::{Response, StatusCode};
 use warp::Filter;
 
-use crate::apps::Apps;
 use crate::config::Config;
 use crate::rest::json_reply;
 use crate::state::State;
@@ -30,16 +28,11 @@ impl Server {
     /// Binds both listeners and starts serving.
     pub async fn start(config: Config) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::new(&config.node_id));
-        let (apps, local) = Apps::build(&config.apps, &metrics);
-        let adapter: Arc<dyn Adapter> = Arc::new(local);
-        let state = Arc::new(State::new(config, apps, adapter, metrics));
+        let state = State::new(config, metrics);
 
         let listener = bind(SocketAddr::new(state.config.host, state.config.port))?;
         let addr = listener.local_addr()?;
-        let metrics_listener = bind(SocketAddr::new(
-            state.config.host,
-            state.config.metrics_port,
-        ))?;
+        let metrics_listener = bind(SocketAddr::new(state.config.host, state.config.metrics_port))?;
         let metrics_addr = metrics_listener.local_addr()?;
 
         let public = crate::ws::route(state.clone())
@@ -47,26 +40,15 @@ impl Server {
             .unify()
             .or(health_routes(state.clone()))
             .unify()
-            .or(warp::any()
-                .map(|| json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}))))
+            .or(warp::any().map(|| json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}))))
             .unify();
         let stop = state.shutdown.clone();
         let http = vec![
-            tokio::spawn(
-                warp::serve(public)
-                    .incoming(listener)
-                    .graceful(async move { stop.cancelled().await })
-                    .run(),
-            ),
+            tokio::spawn(warp::serve(public).incoming(listener).graceful(async move { stop.cancelled().await }).run()),
             tokio::spawn(serve_metrics(state.clone(), metrics_listener)),
         ];
         tracing::info!(%addr, %metrics_addr, node = %state.config.node_id, "herald listening");
-        Ok(Self {
-            state,
-            addr,
-            metrics_addr,
-            http,
-        })
+        Ok(Self { state, addr, metrics_addr, http })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -87,11 +69,18 @@ impl Server {
         tracing::info!("draining connections");
         self.state.start_drain();
         self.state.tracker.close();
-        if tokio::time::timeout(self.state.config.shutdown_grace, self.state.tracker.wait())
-            .await
-            .is_err()
-        {
+        let grace = self.state.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.state.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period ended with connections still open");
+        }
+        if !self.state.cleanup.shutdown(grace).await {
+            tracing::warn!("cleanup queues not drained within the grace period");
+        }
+        let hooks = &self.state.webhooks;
+        hooks.stop.cancel();
+        hooks.tasks.close();
+        if tokio::time::timeout(grace, hooks.tasks.wait()).await.is_err() {
+            tracing::warn!("webhook deliveries still pending at exit");
         }
         for task in self.http {
             task.abort();
@@ -104,11 +93,7 @@ impl Server {
 /// A listener with TCP_NODELAY (inherited by accepted sockets on Linux),
 /// address reuse and a deep backlog for connection storms.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -116,20 +101,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// `/up`, `/up/{app_id}`, `/ready`.
-fn health_routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Response<Bytes>,), Error = warp::Rejection> + Clone {
-    let up = warp::path!("up")
-        .and(warp::get())
-        .map(|| text(StatusCode::OK, "OK"));
+fn health_routes(state: Arc<State>) -> impl Filter<Extract = (Response<Bytes>,), Error = warp::Rejection> + Clone {
+    let up = warp::path!("up").and(warp::get()).map(|| text(StatusCode::OK, "OK"));
     let app_state = state.clone();
-    let up_app = warp::path!("up" / String)
-        .and(warp::get())
-        .map(move |id: String| match app_state.apps.by_id(&id) {
-            Some(app) if app.config.enabled => text(StatusCode::OK, "OK"),
-            Some(_) => text(StatusCode::SERVICE_UNAVAILABLE, "app disabled"),
-            None => text(StatusCode::NOT_FOUND, "unknown app"),
-        });
+    let up_app = warp::path!("up" / String).and(warp::get()).map(move |id: String| match app_state.apps.by_id(&id) {
+        Some(app) if app.config.enabled => text(StatusCode::OK, "OK"),
+        Some(_) => text(StatusCode::SERVICE_UNAVAILABLE, "app disabled"),
+        None => text(StatusCode::NOT_FOUND, "unknown app"),
+    });
     let ready = warp::path!("ready").and(warp::get()).map(move || {
         if state.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -166,10 +145,7 @@ async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
             upkeep_state.metrics.run_upkeep();
         }
     };
-    let server = warp::serve(route)
-        .incoming(listener)
-        .graceful(async move { stop.cancelled().await })
-        .run();
+    let server = warp::serve(route).incoming(listener).graceful(async move { stop.cancelled().await }).run();
     tokio::select! {
         _ = server => {}
         _ = upkeep => {}

@@ -3,15 +3,19 @@
 //! task the server spawns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use herald_adapter::Adapter;
+use async_trait::async_trait;
+use herald_adapter::{Adapter, Departure, Namespace};
+use herald_cleanup::metrics_handles::CleanupMetrics;
+use herald_cleanup::{Announcer, CleanupConfig, CleanupPool};
 use herald_metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::config::Config;
+use crate::webhooks;
 
 pub struct State {
     pub config: Config,
@@ -22,25 +26,42 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it.
     pub tracker: TaskTracker,
+    /// Departures are cleaned here, off the connection's task.
+    pub cleanup: CleanupPool,
+    /// Webhook delivery tasks and their stop signal.
+    pub webhooks: webhooks::Runtime,
     draining: AtomicBool,
 }
 
 impl State {
-    pub fn new(
-        config: Config,
-        apps: Apps,
-        adapter: Arc<dyn Adapter>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    /// Builds the node's state: apps (with their webhook targets), the
+    /// adapter and the cleanup pool. Needs a Tokio runtime.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let webhooks = webhooks::Runtime {
+            client: reqwest::Client::new(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        };
+        let (apps, local) = Apps::build(&config.apps, &metrics, webhooks::Settings::from_config(&config), &webhooks);
+        let adapter: Arc<dyn Adapter> = Arc::new(local);
+        let cleanup_config = CleanupConfig {
+            workers: config.cleanup_workers,
+            queue_size: config.cleanup_queue,
+            batch_size: config.cleanup_batch_size,
+            batch_timeout: config.cleanup_batch_timeout,
+        };
+        let cleanup_metrics = CleanupMetrics::from_node(metrics.node());
+        Arc::new_cyclic(|state: &Weak<State>| Self {
+            cleanup: CleanupPool::start(cleanup_config, Arc::new(HubAnnouncer(state.clone())), cleanup_metrics),
             config,
             apps,
             adapter,
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            webhooks,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn is_draining(&self) -> bool {
@@ -51,5 +72,18 @@ impl State {
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
         self.shutdown.cancel();
+    }
+}
+
+/// Announces cleaned-up departures through the hub.
+struct HubAnnouncer(Weak<State>);
+
+#[async_trait]
+impl Announcer for HubAnnouncer {
+    async fn announce(&self, namespace: &Arc<Namespace>, departure: Departure) {
+        let Some(state) = self.0.upgrade() else { return };
+        if let Some(app) = state.apps.by_id(&namespace.app_id) {
+            crate::hub::departed(&state, app, departure).await;
+        }
     }
 }

@@ -18,48 +18,40 @@ fn facade_vs_mutex(c: &mut Criterion) {
         group.throughput(Throughput::Elements(threads * UPDATES_PER_THREAD));
         let metrics = Metrics::new("bench");
         let app = metrics.app("bench-app");
-        group.bench_with_input(
-            BenchmarkId::new("facade_handle", threads),
-            &threads,
-            |b, &threads| {
-                b.iter(|| {
-                    thread::scope(|s| {
-                        for _ in 0..threads {
-                            s.spawn(|| {
-                                for _ in 0..UPDATES_PER_THREAD {
-                                    app.ws_messages_sent.increment(black_box(1));
-                                }
-                            });
-                        }
-                    })
+        group.bench_with_input(BenchmarkId::new("facade_handle", threads), &threads, |b, &threads| {
+            b.iter(|| {
+                thread::scope(|s| {
+                    for _ in 0..threads {
+                        s.spawn(|| {
+                            for _ in 0..UPDATES_PER_THREAD {
+                                app.ws_messages_sent.increment(black_box(1));
+                            }
+                        });
+                    }
                 })
-            },
-        );
+            })
+        });
         let map: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-        group.bench_with_input(
-            BenchmarkId::new("mutex_hashmap", threads),
-            &threads,
-            |b, &threads| {
-                b.iter(|| {
-                    thread::scope(|s| {
-                        for _ in 0..threads {
-                            let map = map.clone();
-                            s.spawn(move || {
-                                for _ in 0..UPDATES_PER_THREAD {
-                                    let mut map = map.lock().unwrap();
-                                    match map.get_mut(black_box("ws_messages_sent")) {
-                                        Some(n) => *n += 1,
-                                        None => {
-                                            map.insert("ws_messages_sent".into(), 1);
-                                        }
+        group.bench_with_input(BenchmarkId::new("mutex_hashmap", threads), &threads, |b, &threads| {
+            b.iter(|| {
+                thread::scope(|s| {
+                    for _ in 0..threads {
+                        let map = map.clone();
+                        s.spawn(move || {
+                            for _ in 0..UPDATES_PER_THREAD {
+                                let mut map = map.lock().unwrap();
+                                match map.get_mut(black_box("ws_messages_sent")) {
+                                    Some(n) => *n += 1,
+                                    None => {
+                                        map.insert("ws_messages_sent".into(), 1);
                                     }
                                 }
-                            });
-                        }
-                    })
+                            }
+                        });
+                    }
                 })
-            },
-        );
+            })
+        });
     }
     group.finish();
 }

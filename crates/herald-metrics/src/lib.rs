@@ -9,23 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+pub use metrics::{Counter, Gauge, Histogram};
+use metrics::{Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 mod names;
 pub use names::*;
 
 /// Bucket bounds (seconds) for the broadcast fan-out histogram.
-const FANOUT_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25,
-];
+const FANOUT_BUCKETS: &[f64] =
+    &[0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 /// Bucket bounds (seconds) for webhook and REST latencies.
-const REQUEST_BUCKETS: &[f64] = &[
-    0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const REQUEST_BUCKETS: &[f64] = &[0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Why a request or frame was refused (a label of `herald_rejections_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,13 +114,7 @@ const STATUSES: [u16; 8] = [200, 400, 401, 403, 404, 405, 413, 500];
 
 /// Channel kinds, a label of subscription metrics (same order as the
 /// protocol crate's `ChannelKind::ALL`; this crate depends on no Herald crate).
-pub const CHANNEL_KINDS: [&str; 5] = [
-    "public",
-    "private",
-    "private-encrypted",
-    "presence",
-    "server-to-user",
-];
+pub const CHANNEL_KINDS: [&str; 5] = ["public", "private", "private-encrypted", "presence", "server-to-user"];
 
 /// The node's metrics registry: owns the recorder and hands out handles.
 pub struct Metrics {
@@ -139,26 +128,14 @@ impl Metrics {
     pub fn new(node: &str) -> Self {
         let builder = PrometheusBuilder::new()
             .add_global_label("node", node)
-            .set_buckets_for_metric(
-                Matcher::Full(BROADCAST_FANOUT_SECONDS.into()),
-                FANOUT_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(WEBHOOK_DURATION_SECONDS.into()),
-                    REQUEST_BUCKETS,
-                )
-            })
+            .set_buckets_for_metric(Matcher::Full(BROADCAST_FANOUT_SECONDS.into()), FANOUT_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION_SECONDS.into()), REQUEST_BUCKETS))
             .expect("bucket lists are non-empty");
         let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
         describe_all(&recorder);
         let node = NodeMetrics::register(&recorder);
-        Self {
-            recorder,
-            handle,
-            node,
-        }
+        Self { recorder, handle, node }
     }
 
     /// Pre-registers every handle of one app. Call once when the app loads.
@@ -190,10 +167,7 @@ fn metadata() -> Metadata<'static> {
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-    let labels: Vec<Label> = labels
-        .iter()
-        .map(|(k, v)| Label::new(*k, v.to_string()))
-        .collect();
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
     Key::from_parts(name, labels)
 }
 
@@ -205,11 +179,7 @@ fn gauge(r: &PrometheusRecorder, name: &'static str, labels: &[(&'static str, &s
     r.register_gauge(&key(name, labels), &metadata())
 }
 
-fn histogram(
-    r: &PrometheusRecorder,
-    name: &'static str,
-    labels: &[(&'static str, &str)],
-) -> Histogram {
+fn histogram(r: &PrometheusRecorder, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
     r.register_histogram(&key(name, labels), &metadata())
 }
 
@@ -259,6 +229,7 @@ impl AppMetrics {
             webhooks_sent: Counter::noop(),
             webhooks_failed: Counter::noop(),
             webhooks_retried: Counter::noop(),
+            webhook_events_dropped: Counter::noop(),
             webhook_duration_seconds: Histogram::noop(),
         }))
     }
@@ -290,6 +261,7 @@ pub struct AppHandles {
     pub webhooks_sent: Counter,
     pub webhooks_failed: Counter,
     pub webhooks_retried: Counter,
+    pub webhook_events_dropped: Counter,
     pub webhook_duration_seconds: Histogram,
 }
 
@@ -308,37 +280,25 @@ impl AppHandles {
             events_triggered: c(EVENTS_TRIGGERED_TOTAL),
             client_events: c(CLIENT_EVENTS_TOTAL),
             broadcast_fanout_seconds: histogram(r, BROADCAST_FANOUT_SECONDS, &app_label),
-            subscriptions: CHANNEL_KINDS
-                .map(|k| counter(r, SUBSCRIPTIONS_TOTAL, &[("app_id", app), ("kind", k)])),
-            unsubscriptions: CHANNEL_KINDS
-                .map(|k| counter(r, UNSUBSCRIPTIONS_TOTAL, &[("app_id", app), ("kind", k)])),
-            rejections: Rejection::ALL.map(|why| {
-                counter(
-                    r,
-                    REJECTIONS_TOTAL,
-                    &[("app_id", app), ("reason", why.label())],
-                )
-            }),
+            subscriptions: CHANNEL_KINDS.map(|k| counter(r, SUBSCRIPTIONS_TOTAL, &[("app_id", app), ("kind", k)])),
+            unsubscriptions: CHANNEL_KINDS.map(|k| counter(r, UNSUBSCRIPTIONS_TOTAL, &[("app_id", app), ("kind", k)])),
+            rejections: Rejection::ALL
+                .map(|why| counter(r, REJECTIONS_TOTAL, &[("app_id", app), ("reason", why.label())])),
             rest: Endpoint::ALL.map(|e| {
                 let mut statuses = STATUSES.map(|s| s.to_string()).to_vec();
                 statuses.push("other".into());
                 let counters: Vec<Counter> = statuses
                     .iter()
                     .map(|s| {
-                        counter(
-                            r,
-                            REST_REQUESTS_TOTAL,
-                            &[("app_id", app), ("endpoint", e.label()), ("status", s)],
-                        )
+                        counter(r, REST_REQUESTS_TOTAL, &[("app_id", app), ("endpoint", e.label()), ("status", s)])
                     })
                     .collect();
-                counters
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("one counter per status"))
+                counters.try_into().unwrap_or_else(|_| unreachable!("one counter per status"))
             }),
             webhooks_sent: c(WEBHOOKS_SENT_TOTAL),
             webhooks_failed: c(WEBHOOKS_FAILED_TOTAL),
             webhooks_retried: c(WEBHOOKS_RETRIED_TOTAL),
+            webhook_events_dropped: c(WEBHOOK_EVENTS_DROPPED_TOTAL),
             webhook_duration_seconds: histogram(r, WEBHOOK_DURATION_SECONDS, &app_label),
         }
     }
@@ -377,10 +337,7 @@ impl AppHandles {
     }
 
     pub fn rest_request(&self, endpoint: Endpoint, status: u16) {
-        let slot = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len());
+        let slot = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
         self.rest[endpoint as usize][slot].increment(1);
     }
 }
@@ -405,11 +362,7 @@ impl NodeMetrics {
             fabric_messages_in: counter(r, FABRIC_MESSAGES_IN_TOTAL, &[]),
             fabric_messages_out: counter(r, FABRIC_MESSAGES_OUT_TOTAL, &[]),
             fabric_errors: counter(r, FABRIC_ERRORS_TOTAL, &[]),
-            unknown_app_rejections: counter(
-                r,
-                REJECTIONS_TOTAL,
-                &[("app_id", ""), ("reason", "unknown_app")],
-            ),
+            unknown_app_rejections: counter(r, REJECTIONS_TOTAL, &[("app_id", ""), ("reason", "unknown_app")]),
         }
     }
 }
@@ -437,38 +390,14 @@ mod tests {
         app.rest_request(Endpoint::Events, 418);
         app.rejected(Rejection::BadSignature);
         let text = m.render();
+        assert_eq!(value(&text, r#"herald_connections{node="n1",app_id="a1"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"herald_ws_messages_sent_total{node="n1",app_id="a1"}"#), Some(100.0));
+        assert_eq!(value(&text, r#"herald_ws_bytes_sent_total{node="n1",app_id="a1"}"#), Some(5000.0));
         assert_eq!(
-            value(&text, r#"herald_connections{node="n1",app_id="a1"}"#),
+            value(&text, r#"herald_rest_requests_total{node="n1",app_id="a1",endpoint="events",status="other"}"#),
             Some(1.0)
         );
-        assert_eq!(
-            value(
-                &text,
-                r#"herald_ws_messages_sent_total{node="n1",app_id="a1"}"#
-            ),
-            Some(100.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                r#"herald_ws_bytes_sent_total{node="n1",app_id="a1"}"#
-            ),
-            Some(5000.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                r#"herald_rest_requests_total{node="n1",app_id="a1",endpoint="events",status="other"}"#
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                r#"herald_rejections_total{node="n1",app_id="a1",reason="bad_signature"}"#
-            ),
-            Some(1.0)
-        );
+        assert_eq!(value(&text, r#"herald_rejections_total{node="n1",app_id="a1",reason="bad_signature"}"#), Some(1.0));
         assert!(text.contains("# HELP herald_connections "));
     }
 

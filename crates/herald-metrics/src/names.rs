@@ -23,6 +23,7 @@ pub const WEBHOOKS_SENT_TOTAL: &str = "herald_webhooks_sent_total";
 pub const WEBHOOKS_FAILED_TOTAL: &str = "herald_webhooks_failed_total";
 pub const WEBHOOKS_RETRIED_TOTAL: &str = "herald_webhooks_retried_total";
 pub const WEBHOOK_DURATION_SECONDS: &str = "herald_webhook_duration_seconds";
+pub const WEBHOOK_EVENTS_DROPPED_TOTAL: &str = "herald_webhook_events_dropped_total";
 pub const CLEANUP_QUEUE_DEPTH: &str = "herald_cleanup_queue_depth";
 pub const CLEANUP_SYNC_FALLBACKS_TOTAL: &str = "herald_cleanup_sync_fallbacks_total";
 pub const CLEANUP_PROCESSED_TOTAL: &str = "herald_cleanup_processed_total";
@@ -32,148 +33,49 @@ pub const FABRIC_ERRORS_TOTAL: &str = "herald_fabric_errors_total";
 
 /// (name, kind, unit, help) of every metric.
 pub const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
-    (
-        CONNECTIONS,
-        Kind::Gauge,
-        None,
-        "WebSocket connections currently open.",
-    ),
-    (
-        CONNECTIONS_OPENED_TOTAL,
-        Kind::Counter,
-        None,
-        "WebSocket connections accepted.",
-    ),
-    (
-        CONNECTIONS_CLOSED_TOTAL,
-        Kind::Counter,
-        None,
-        "WebSocket connections closed.",
-    ),
-    (
-        WS_MESSAGES_RECEIVED_TOTAL,
-        Kind::Counter,
-        None,
-        "WebSocket frames received from clients.",
-    ),
-    (
-        WS_BYTES_RECEIVED_TOTAL,
-        Kind::Counter,
-        Some(Unit::Bytes),
-        "Bytes of WebSocket frames received from clients.",
-    ),
+    (CONNECTIONS, Kind::Gauge, None, "WebSocket connections currently open."),
+    (CONNECTIONS_OPENED_TOTAL, Kind::Counter, None, "WebSocket connections accepted."),
+    (CONNECTIONS_CLOSED_TOTAL, Kind::Counter, None, "WebSocket connections closed."),
+    (WS_MESSAGES_RECEIVED_TOTAL, Kind::Counter, None, "WebSocket frames received from clients."),
+    (WS_BYTES_RECEIVED_TOTAL, Kind::Counter, Some(Unit::Bytes), "Bytes of WebSocket frames received from clients."),
     (
         WS_MESSAGES_SENT_TOTAL,
         Kind::Counter,
         None,
         "WebSocket frames queued to clients (one batched count per broadcast).",
     ),
-    (
-        WS_BYTES_SENT_TOTAL,
-        Kind::Counter,
-        Some(Unit::Bytes),
-        "Bytes of WebSocket frames queued to clients.",
-    ),
-    (
-        SUBSCRIPTIONS_TOTAL,
-        Kind::Counter,
-        None,
-        "Successful channel subscriptions, by channel kind.",
-    ),
+    (WS_BYTES_SENT_TOTAL, Kind::Counter, Some(Unit::Bytes), "Bytes of WebSocket frames queued to clients."),
+    (SUBSCRIPTIONS_TOTAL, Kind::Counter, None, "Successful channel subscriptions, by channel kind."),
     (
         UNSUBSCRIPTIONS_TOTAL,
         Kind::Counter,
         None,
         "Channel unsubscriptions (explicit or by disconnect), by channel kind.",
     ),
-    (
-        EVENTS_TRIGGERED_TOTAL,
-        Kind::Counter,
-        None,
-        "Events triggered through the REST API (one per channel).",
-    ),
-    (
-        CLIENT_EVENTS_TOTAL,
-        Kind::Counter,
-        None,
-        "Client events relayed.",
-    ),
-    (
-        REJECTIONS_TOTAL,
-        Kind::Counter,
-        None,
-        "Requests, frames or connections refused, by reason.",
-    ),
-    (
-        REST_REQUESTS_TOTAL,
-        Kind::Counter,
-        None,
-        "REST API requests, by endpoint and HTTP status.",
-    ),
+    (EVENTS_TRIGGERED_TOTAL, Kind::Counter, None, "Events triggered through the REST API (one per channel)."),
+    (CLIENT_EVENTS_TOTAL, Kind::Counter, None, "Client events relayed."),
+    (REJECTIONS_TOTAL, Kind::Counter, None, "Requests, frames or connections refused, by reason."),
+    (REST_REQUESTS_TOTAL, Kind::Counter, None, "REST API requests, by endpoint and HTTP status."),
     (
         BROADCAST_FANOUT_SECONDS,
         Kind::Histogram,
         Some(Unit::Seconds),
         "Time to serialize and enqueue one broadcast to every local subscriber.",
     ),
-    (
-        WEBHOOKS_SENT_TOTAL,
-        Kind::Counter,
-        None,
-        "Webhook requests delivered (2xx).",
-    ),
-    (
-        WEBHOOKS_FAILED_TOTAL,
-        Kind::Counter,
-        None,
-        "Webhook batches given up on after their retries.",
-    ),
-    (
-        WEBHOOKS_RETRIED_TOTAL,
-        Kind::Counter,
-        None,
-        "Webhook request retries.",
-    ),
-    (
-        WEBHOOK_DURATION_SECONDS,
-        Kind::Histogram,
-        Some(Unit::Seconds),
-        "Duration of webhook HTTP requests.",
-    ),
-    (
-        CLEANUP_QUEUE_DEPTH,
-        Kind::Gauge,
-        None,
-        "Disconnects waiting in the cleanup queues.",
-    ),
+    (WEBHOOKS_SENT_TOTAL, Kind::Counter, None, "Webhook requests delivered (2xx)."),
+    (WEBHOOKS_FAILED_TOTAL, Kind::Counter, None, "Webhook batches given up on after their retries."),
+    (WEBHOOKS_RETRIED_TOTAL, Kind::Counter, None, "Webhook request retries."),
+    (WEBHOOK_EVENTS_DROPPED_TOTAL, Kind::Counter, None, "Webhook events dropped because the target's queue was full."),
+    (WEBHOOK_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Duration of webhook HTTP requests."),
+    (CLEANUP_QUEUE_DEPTH, Kind::Gauge, None, "Disconnects waiting in the cleanup queues."),
     (
         CLEANUP_SYNC_FALLBACKS_TOTAL,
         Kind::Counter,
         None,
         "Disconnects cleaned synchronously because a cleanup queue was full.",
     ),
-    (
-        CLEANUP_PROCESSED_TOTAL,
-        Kind::Counter,
-        None,
-        "Disconnects cleaned up.",
-    ),
-    (
-        FABRIC_MESSAGES_IN_TOTAL,
-        Kind::Counter,
-        None,
-        "Messages received from the cluster fabric.",
-    ),
-    (
-        FABRIC_MESSAGES_OUT_TOTAL,
-        Kind::Counter,
-        None,
-        "Messages published to the cluster fabric.",
-    ),
-    (
-        FABRIC_ERRORS_TOTAL,
-        Kind::Counter,
-        None,
-        "Cluster fabric errors.",
-    ),
+    (CLEANUP_PROCESSED_TOTAL, Kind::Counter, None, "Disconnects cleaned up."),
+    (FABRIC_MESSAGES_IN_TOTAL, Kind::Counter, None, "Messages received from the cluster fabric."),
+    (FABRIC_MESSAGES_OUT_TOTAL, Kind::Counter, None, "Messages published to the cluster fabric."),
+    (FABRIC_ERRORS_TOTAL, Kind::Counter, None, "Cluster fabric errors."),
 ];

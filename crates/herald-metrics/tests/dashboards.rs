@@ -20,10 +20,7 @@ fn dashboards() -> Vec<(PathBuf, Value)> {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&path).unwrap();
-            out.push((
-                path,
-                serde_json::from_str(&text).expect("dashboard is valid JSON"),
-            ));
+            out.push((path, serde_json::from_str(&text).expect("dashboard is valid JSON")));
         }
     }
     assert!(!out.is_empty(), "no dashboards found");
@@ -66,9 +63,7 @@ fn exported(name: &str) -> bool {
     DESCRIPTIONS.iter().any(|(n, kind, ..)| {
         *n == name
             || (matches!(kind, Kind::Histogram)
-                && ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .any(|s| name.strip_suffix(s) == Some(*n)))
+                && ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(*n)))
     })
 }
 
@@ -82,11 +77,7 @@ fn every_dashboard_metric_is_exported() {
             let names = metric_names(expr);
             assert!(!names.is_empty(), "query names no herald metric: {expr}");
             for name in names {
-                assert!(
-                    exported(&name),
-                    "{}: {name} is not exported by Herald",
-                    path.display()
-                );
+                assert!(exported(&name), "{}: {name} is not exported by Herald", path.display());
             }
         }
     }
@@ -95,10 +86,7 @@ fn every_dashboard_metric_is_exported() {
 #[test]
 fn every_dashboard_query_is_valid_promql() {
     if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (Debian package prometheus)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (Debian package prometheus)");
         eprintln!("promtool not installed: skipping the PromQL check (scripts/test installs it)");
         return;
     }
@@ -107,25 +95,16 @@ fn every_dashboard_query_is_valid_promql() {
         let mut all = Vec::new();
         exprs(dashboard, &mut all);
         for (j, expr) in all.iter().enumerate() {
-            let concrete = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$node", ".*")
-                .replace("$app", ".*");
+            let concrete = expr.replace("$__rate_interval", "1m").replace("$node", ".*").replace("$app", ".*");
             rules.push_str(&format!(
                 "      - record: dashboard:q{i}_{j}\n        expr: '{}'\n",
                 concrete.replace('\'', "''")
             ));
         }
     }
-    let file =
-        std::env::temp_dir().join(format!("herald-dashboard-rules-{}.yml", std::process::id()));
+    let file = std::env::temp_dir().join(format!("herald-dashboard-rules-{}.yml", std::process::id()));
     std::fs::write(&file, rules).unwrap();
-    let out = Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new("promtool").arg("check").arg("rules").arg(&file).output().unwrap();
     let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
@@ -137,12 +116,8 @@ fn every_dashboard_query_is_valid_promql() {
 
 #[test]
 fn every_metric_is_documented() {
-    let doc =
-        std::fs::read_to_string(repo().join("docs/metrics.md")).expect("docs/metrics.md exists");
+    let doc = std::fs::read_to_string(repo().join("docs/metrics.md")).expect("docs/metrics.md exists");
     for (name, ..) in DESCRIPTIONS {
-        assert!(
-            doc.contains(&format!("`{name}`")),
-            "docs/metrics.md does not document {name}"
-        );
+        assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md does not document {name}");
     }
 }

@@ -101,10 +101,7 @@ impl<'a> ChannelName<'a> {
 
     /// Private, private-encrypted and presence channels need a signed `auth`.
     pub fn requires_auth(&self) -> bool {
-        matches!(
-            self.kind,
-            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
-        )
+        matches!(self.kind, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
     }
 
     /// Client events are allowed on private and presence channels only.
@@ -132,11 +129,7 @@ fn classify(name: &str) -> (ChannelKind, bool) {
     // Longest prefixes first: "private-encrypted-" also starts with "private-".
     const PREFIXES: [(&str, ChannelKind, bool); 8] = [
         (SERVER_TO_USER_PREFIX, ChannelKind::ServerToUser, false),
-        (
-            "private-encrypted-cache-",
-            ChannelKind::PrivateEncrypted,
-            true,
-        ),
+        ("private-encrypted-cache-", ChannelKind::PrivateEncrypted, true),
         ("private-encrypted-", ChannelKind::PrivateEncrypted, false),
         ("private-cache-", ChannelKind::Private, true),
         ("private-", ChannelKind::Private, false),
@@ -167,40 +160,20 @@ mod tests {
         assert_eq!(kind("cache-news"), (ChannelKind::Public, true));
         assert_eq!(kind("private-a"), (ChannelKind::Private, false));
         assert_eq!(kind("private-cache-a"), (ChannelKind::Private, true));
-        assert_eq!(
-            kind("private-encrypted-a"),
-            (ChannelKind::PrivateEncrypted, false)
-        );
-        assert_eq!(
-            kind("private-encrypted-cache-a"),
-            (ChannelKind::PrivateEncrypted, true)
-        );
+        assert_eq!(kind("private-encrypted-a"), (ChannelKind::PrivateEncrypted, false));
+        assert_eq!(kind("private-encrypted-cache-a"), (ChannelKind::PrivateEncrypted, true));
         assert_eq!(kind("presence-room"), (ChannelKind::Presence, false));
         assert_eq!(kind("presence-cache-room"), (ChannelKind::Presence, true));
-        assert_eq!(
-            kind("#server-to-user-42"),
-            (ChannelKind::ServerToUser, false)
-        );
-        assert_eq!(
-            ChannelName::parse("#server-to-user-42")
-                .unwrap()
-                .target_user(),
-            Some("42")
-        );
+        assert_eq!(kind("#server-to-user-42"), (ChannelKind::ServerToUser, false));
+        assert_eq!(ChannelName::parse("#server-to-user-42").unwrap().target_user(), Some("42"));
     }
 
     #[test]
     fn rejects_bad_names() {
         assert_eq!(ChannelName::parse(""), Err(ChannelNameError::Empty));
-        assert_eq!(
-            ChannelName::parse(&"a".repeat(201)),
-            Err(ChannelNameError::TooLong)
-        );
+        assert_eq!(ChannelName::parse(&"a".repeat(201)), Err(ChannelNameError::TooLong));
         assert!(ChannelName::parse(&"a".repeat(200)).is_ok());
-        assert_eq!(
-            ChannelName::parse("a b"),
-            Err(ChannelNameError::InvalidCharacter(' '))
-        );
+        assert_eq!(ChannelName::parse("a b"), Err(ChannelNameError::InvalidCharacter(' ')));
         assert!(ChannelName::parse("#other").is_err());
         assert!(ChannelName::parse("a=b@c,d.e;f_g-h").is_ok());
     }
@@ -208,15 +181,9 @@ mod tests {
     #[test]
     fn client_events_only_on_private_and_presence() {
         assert!(!ChannelName::parse("x").unwrap().allows_client_events());
-        assert!(ChannelName::parse("private-x")
-            .unwrap()
-            .allows_client_events());
-        assert!(ChannelName::parse("presence-x")
-            .unwrap()
-            .allows_client_events());
-        assert!(!ChannelName::parse("private-encrypted-x")
-            .unwrap()
-            .allows_client_events());
+        assert!(ChannelName::parse("private-x").unwrap().allows_client_events());
+        assert!(ChannelName::parse("presence-x").unwrap().allows_client_events());
+        assert!(!ChannelName::parse("private-encrypted-x").unwrap().allows_client_events());
     }
 
     proptest! {

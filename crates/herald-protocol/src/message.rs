@@ -84,8 +84,7 @@ impl ClientMessage {
             "pusher:signin" => {
                 let data = data_object(data);
                 Ok(Self::Signin {
-                    auth: string_field(&data, "auth")
-                        .ok_or(FrameError::MissingField("pusher:signin", "auth"))?,
+                    auth: string_field(&data, "auth").ok_or(FrameError::MissingField("pusher:signin", "auth"))?,
                     user_data: string_field(&data, "user_data")
                         .ok_or(FrameError::MissingField("pusher:signin", "user_data"))?,
                 })
@@ -95,11 +94,7 @@ impl ClientMessage {
                     Some(Value::String(c)) => c,
                     _ => return Err(FrameError::MissingChannel),
                 };
-                Ok(Self::ClientEvent {
-                    event,
-                    channel,
-                    data,
-                })
+                Ok(Self::ClientEvent { event, channel, data })
             }
             _ => Err(FrameError::UnknownEvent(event)),
         }
@@ -169,31 +164,13 @@ struct EventFrame<'a> {
 }
 
 /// Any event frame: `{"event","channel"?,"data","user_id"?}`.
-pub fn event(
-    name: &str,
-    channel: Option<&str>,
-    data: EventData<'_>,
-    user_id: Option<&str>,
-) -> String {
-    serde_json::to_string(&EventFrame {
-        event: name,
-        channel,
-        data,
-        user_id,
-    })
-    .expect("event frames always serialize")
+pub fn event(name: &str, channel: Option<&str>, data: EventData<'_>, user_id: Option<&str>) -> String {
+    serde_json::to_string(&EventFrame { event: name, channel, data, user_id }).expect("event frames always serialize")
 }
 
 pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -> String {
-    let data =
-        json!({"socket_id": socket_id.to_string(), "activity_timeout": activity_timeout_secs})
-            .to_string();
-    event(
-        "pusher:connection_established",
-        None,
-        EventData::Text(&data),
-        None,
-    )
+    let data = json!({"socket_id": socket_id.to_string(), "activity_timeout": activity_timeout_secs}).to_string();
+    event("pusher:connection_established", None, EventData::Text(&data), None)
 }
 
 /// `pusher:error` with an object `data` (`code` may be null for warnings).
@@ -210,12 +187,7 @@ pub fn pong() -> String {
 }
 
 pub fn subscription_succeeded(channel: &str, data: &str) -> String {
-    event(
-        "pusher_internal:subscription_succeeded",
-        Some(channel),
-        EventData::Text(data),
-        None,
-    )
+    event("pusher_internal:subscription_succeeded", Some(channel), EventData::Text(data), None)
 }
 
 /// The `data` of a presence channel's `subscription_succeeded`.
@@ -241,31 +213,16 @@ pub fn subscription_error(channel: &str, error_type: &str, error: &str, status: 
 
 pub fn member_added(channel: &str, user_id: &str, user_info: &Value) -> String {
     let data = json!({"user_id": user_id, "user_info": user_info}).to_string();
-    event(
-        "pusher_internal:member_added",
-        Some(channel),
-        EventData::Text(&data),
-        None,
-    )
+    event("pusher_internal:member_added", Some(channel), EventData::Text(&data), None)
 }
 
 pub fn member_removed(channel: &str, user_id: &str) -> String {
     let data = json!({"user_id": user_id}).to_string();
-    event(
-        "pusher_internal:member_removed",
-        Some(channel),
-        EventData::Text(&data),
-        None,
-    )
+    event("pusher_internal:member_removed", Some(channel), EventData::Text(&data), None)
 }
 
 pub fn cache_miss(channel: &str) -> String {
-    event(
-        "pusher:cache_miss",
-        Some(channel),
-        EventData::Text("{}"),
-        None,
-    )
+    event("pusher:cache_miss", Some(channel), EventData::Text("{}"), None)
 }
 
 pub fn signin_success(user_data: &str) -> String {
@@ -294,12 +251,7 @@ pub fn watchlist_events(groups: &[(WatchlistEvent, Vec<String>)]) -> String {
         })
         .collect();
     let data = json!({"events": events}).to_string();
-    event(
-        "pusher_internal:watchlist_events",
-        None,
-        EventData::Text(&data),
-        None,
-    )
+    event("pusher_internal:watchlist_events", None, EventData::Text(&data), None)
 }
 
 #[cfg(test)]
@@ -309,10 +261,7 @@ mod tests {
 
     #[test]
     fn parses_every_client_event() {
-        assert_eq!(
-            ClientMessage::parse(r#"{"event":"pusher:ping","data":{}}"#),
-            Ok(ClientMessage::Ping)
-        );
+        assert_eq!(ClientMessage::parse(r#"{"event":"pusher:ping","data":{}}"#), Ok(ClientMessage::Ping));
         assert_eq!(
             ClientMessage::parse(
                 r#"{"event":"pusher:subscribe","data":{"channel":"presence-a","auth":"k:s","channel_data":"{}"}}"#
@@ -325,11 +274,7 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#),
-            Ok(ClientMessage::Subscribe {
-                channel: "a".into(),
-                auth: None,
-                channel_data: None
-            })
+            Ok(ClientMessage::Subscribe { channel: "a".into(), auth: None, channel_data: None })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"client-x","channel":"private-a","data":{"n":1}}"#),
@@ -340,13 +285,8 @@ mod tests {
             })
         );
         assert_eq!(
-            ClientMessage::parse(
-                r#"{"event":"pusher:signin","data":{"auth":"a","user_data":"{}"}}"#
-            ),
-            Ok(ClientMessage::Signin {
-                auth: "a".into(),
-                user_data: "{}".into()
-            })
+            ClientMessage::parse(r#"{"event":"pusher:signin","data":{"auth":"a","user_data":"{}"}}"#),
+            Ok(ClientMessage::Signin { auth: "a".into(), user_data: "{}".into() })
         );
     }
 
@@ -354,18 +294,9 @@ mod tests {
     fn bad_frames_are_errors() {
         assert_eq!(ClientMessage::parse("{"), Err(FrameError::InvalidJson));
         assert_eq!(ClientMessage::parse("[]"), Err(FrameError::InvalidJson));
-        assert_eq!(
-            ClientMessage::parse(r#"{"data":1}"#),
-            Err(FrameError::MissingEvent)
-        );
-        assert_eq!(
-            ClientMessage::parse(r#"{"event":"client-x"}"#),
-            Err(FrameError::MissingChannel)
-        );
-        assert!(matches!(
-            ClientMessage::parse(r#"{"event":"foo"}"#),
-            Err(FrameError::UnknownEvent(_))
-        ));
+        assert_eq!(ClientMessage::parse(r#"{"data":1}"#), Err(FrameError::MissingEvent));
+        assert_eq!(ClientMessage::parse(r#"{"event":"client-x"}"#), Err(FrameError::MissingChannel));
+        assert!(matches!(ClientMessage::parse(r#"{"event":"foo"}"#), Err(FrameError::UnknownEvent(_))));
         assert!(matches!(
             ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{}}"#),
             Err(FrameError::MissingField(_, "channel"))
@@ -388,21 +319,10 @@ mod tests {
 
         let info = json!({"n":1});
         let p: Value = serde_json::from_str(&presence_data([("1", &info)])).unwrap();
-        assert_eq!(
-            p,
-            json!({"presence":{"count":1,"ids":["1"],"hash":{"1":{"n":1}}}})
-        );
+        assert_eq!(p, json!({"presence":{"count":1,"ids":["1"],"hash":{"1":{"n":1}}}}));
 
-        let e = event(
-            "client-x",
-            Some("presence-a"),
-            EventData::Json(&info),
-            Some("7"),
-        );
-        assert_eq!(
-            e,
-            r#"{"event":"client-x","channel":"presence-a","data":{"n":1},"user_id":"7"}"#
-        );
+        let e = event("client-x", Some("presence-a"), EventData::Json(&info), Some("7"));
+        assert_eq!(e, r#"{"event":"client-x","channel":"presence-a","data":{"n":1},"user_id":"7"}"#);
         let e = event("e", Some("a"), EventData::Text("{\"a\":1}"), None);
         assert_eq!(e, r#"{"event":"e","channel":"a","data":"{\"a\":1}"}"#);
 
@@ -412,10 +332,7 @@ mod tests {
         ]))
         .unwrap();
         let data: Value = serde_json::from_str(w["data"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            data,
-            json!({"events":[{"name":"online","user_ids":["u2"]}]})
-        );
+        assert_eq!(data, json!({"events":[{"name":"online","user_ids":["u2"]}]}));
     }
 
     proptest! {

@@ -36,8 +36,7 @@ pub enum PresenceDataError {
 
 /// Parses presence `channel_data`; `user_id` may be a string or a number.
 pub fn parse_channel_data(channel_data: &str) -> Result<PresenceMember, PresenceDataError> {
-    let value: Value =
-        serde_json::from_str(channel_data).map_err(|_| PresenceDataError::NotAnObject)?;
+    let value: Value = serde_json::from_str(channel_data).map_err(|_| PresenceDataError::NotAnObject)?;
     let object = value.as_object().ok_or(PresenceDataError::NotAnObject)?;
     let user_id = match object.get("user_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -50,11 +49,8 @@ pub fn parse_channel_data(channel_data: &str) -> Result<PresenceMember, Presence
 
 /// Parses sign-in `user_data`: `id` must be a non-empty string.
 pub fn parse_user_data(user_data: &str) -> Result<SignedInUser, PresenceDataError> {
-    let value: Value =
-        serde_json::from_str(user_data).map_err(|_| PresenceDataError::UserDataNotAnObject)?;
-    let object = value
-        .as_object()
-        .ok_or(PresenceDataError::UserDataNotAnObject)?;
+    let value: Value = serde_json::from_str(user_data).map_err(|_| PresenceDataError::UserDataNotAnObject)?;
+    let object = value.as_object().ok_or(PresenceDataError::UserDataNotAnObject)?;
     let id = match object.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(PresenceDataError::MissingUserDataId),
@@ -85,30 +81,15 @@ mod tests {
         assert_eq!(m.user_id, "u1");
         assert_eq!(m.user_info, json!({"name":"A"}));
         assert_eq!(parse_channel_data(r#"{"user_id":7}"#).unwrap().user_id, "7");
-        assert_eq!(
-            parse_channel_data(r#"{"user_id":7}"#).unwrap().user_info,
-            Value::Null
-        );
+        assert_eq!(parse_channel_data(r#"{"user_id":7}"#).unwrap().user_info, Value::Null);
     }
 
     #[test]
     fn channel_data_errors() {
-        assert_eq!(
-            parse_channel_data("nope"),
-            Err(PresenceDataError::NotAnObject)
-        );
-        assert_eq!(
-            parse_channel_data("[1]"),
-            Err(PresenceDataError::NotAnObject)
-        );
-        assert_eq!(
-            parse_channel_data("{}"),
-            Err(PresenceDataError::MissingUserId)
-        );
-        assert_eq!(
-            parse_channel_data(r#"{"user_id":""}"#),
-            Err(PresenceDataError::MissingUserId)
-        );
+        assert_eq!(parse_channel_data("nope"), Err(PresenceDataError::NotAnObject));
+        assert_eq!(parse_channel_data("[1]"), Err(PresenceDataError::NotAnObject));
+        assert_eq!(parse_channel_data("{}"), Err(PresenceDataError::MissingUserId));
+        assert_eq!(parse_channel_data(r#"{"user_id":""}"#), Err(PresenceDataError::MissingUserId));
     }
 
     #[test]
@@ -116,14 +97,8 @@ mod tests {
         let u = parse_user_data(r#"{"id":"u1","watchlist":["u2",3]}"#).unwrap();
         assert_eq!(u.id, "u1");
         assert_eq!(u.watchlist, vec!["u2".to_string(), "3".to_string()]);
-        assert_eq!(
-            parse_user_data(r#"{"id":5}"#),
-            Err(PresenceDataError::MissingUserDataId)
-        );
-        assert_eq!(
-            parse_user_data(r#"{}"#),
-            Err(PresenceDataError::MissingUserDataId)
-        );
+        assert_eq!(parse_user_data(r#"{"id":5}"#), Err(PresenceDataError::MissingUserDataId));
+        assert_eq!(parse_user_data(r#"{}"#), Err(PresenceDataError::MissingUserDataId));
         let too_many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
         let data = json!({"id":"a","watchlist":too_many}).to_string();
         assert_eq!(parse_user_data(&data), Err(PresenceDataError::BadWatchlist));

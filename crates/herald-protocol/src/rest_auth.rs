@@ -57,10 +57,7 @@ impl SignedRequest<'_> {
         if self.auth_key()? != app_key {
             return Err(RestAuthError::UnknownKey);
         }
-        let timestamp: u64 = self
-            .param("auth_timestamp")?
-            .parse()
-            .map_err(|_| RestAuthError::BadTimestamp)?;
+        let timestamp: u64 = self.param("auth_timestamp")?.parse().map_err(|_| RestAuthError::BadTimestamp)?;
         if timestamp.abs_diff(now_secs) > MAX_TIMESTAMP_SKEW_SECS {
             return Err(RestAuthError::StaleTimestamp);
         }
@@ -69,9 +66,7 @@ impl SignedRequest<'_> {
         }
         let signature = self.param("auth_signature")?;
         match self.param("body_md5") {
-            Ok(md5) if !md5.eq_ignore_ascii_case(&body_md5(self.body)) => {
-                return Err(RestAuthError::BodyMd5Mismatch)
-            }
+            Ok(md5) if !md5.eq_ignore_ascii_case(&body_md5(self.body)) => return Err(RestAuthError::BodyMd5Mismatch),
             Err(_) if !self.body.is_empty() => return Err(RestAuthError::MissingParam("body_md5")),
             _ => {}
         }
@@ -92,12 +87,7 @@ impl SignedRequest<'_> {
             .collect();
         params.sort();
         let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!(
-            "{}\n{}\n{}",
-            self.method.to_ascii_uppercase(),
-            self.path,
-            query.join("&")
-        )
+        format!("{}\n{}\n{}", self.method.to_ascii_uppercase(), self.path, query.join("&"))
     }
 }
 
@@ -117,22 +107,14 @@ pub fn sign_request(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> Vec<(String, String)> {
-    let mut query: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut query: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     query.push(("auth_key".into(), app_key.into()));
     query.push(("auth_timestamp".into(), timestamp.to_string()));
     query.push(("auth_version".into(), "1.0".into()));
     if !body.is_empty() {
         query.push(("body_md5".into(), body_md5(body)));
     }
-    let request = SignedRequest {
-        method,
-        path,
-        query: &query,
-        body,
-    };
+    let request = SignedRequest { method, path, query: &query, body };
     let signature = crate::sign::sign(secret, &request.string_to_sign());
     query.push(("auth_signature".into(), signature));
     query
@@ -144,19 +126,8 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
 
-    fn check(
-        method: &str,
-        query: &[(String, String)],
-        body: &[u8],
-        now: u64,
-    ) -> Result<(), RestAuthError> {
-        SignedRequest {
-            method,
-            path: "/apps/1/events",
-            query,
-            body,
-        }
-        .verify("key", "secret", now)
+    fn check(method: &str, query: &[(String, String)], body: &[u8], now: u64) -> Result<(), RestAuthError> {
+        SignedRequest { method, path: "/apps/1/events", query, body }.verify("key", "secret", now)
     }
 
     #[test]
@@ -164,15 +135,7 @@ mod tests {
         let body = br#"{"name":"e","channel":"c","data":"{}"}"#;
         let q = sign_request("POST", "/apps/1/events", "key", "secret", NOW, &[], body);
         assert_eq!(check("POST", &q, body, NOW), Ok(()));
-        let q = sign_request(
-            "GET",
-            "/apps/1/events",
-            "key",
-            "secret",
-            NOW,
-            &[("info", "user_count")],
-            b"",
-        );
+        let q = sign_request("GET", "/apps/1/events", "key", "secret", NOW, &[("info", "user_count")], b"");
         assert_eq!(check("GET", &q, b"", NOW + 599), Ok(()));
     }
 
@@ -180,68 +143,31 @@ mod tests {
     fn every_tamper_is_caught() {
         let body = br#"{"a":1}"#;
         let q = sign_request("POST", "/apps/1/events", "key", "secret", NOW, &[], body);
-        assert_eq!(
-            check("POST", &q, br#"{"a":2}"#, NOW),
-            Err(RestAuthError::BodyMd5Mismatch)
-        );
-        assert_eq!(
-            check("POST", &q, body, NOW + 601),
-            Err(RestAuthError::StaleTimestamp)
-        );
-        assert_eq!(
-            check("PUT", &q, body, NOW),
-            Err(RestAuthError::BadSignature)
-        );
-        let wrong = SignedRequest {
-            method: "POST",
-            path: "/apps/1/events",
-            query: &q,
-            body,
-        };
-        assert_eq!(
-            wrong.verify("key", "other", NOW),
-            Err(RestAuthError::BadSignature)
-        );
-        assert_eq!(
-            wrong.verify("other", "secret", NOW),
-            Err(RestAuthError::UnknownKey)
-        );
+        assert_eq!(check("POST", &q, br#"{"a":2}"#, NOW), Err(RestAuthError::BodyMd5Mismatch));
+        assert_eq!(check("POST", &q, body, NOW + 601), Err(RestAuthError::StaleTimestamp));
+        assert_eq!(check("PUT", &q, body, NOW), Err(RestAuthError::BadSignature));
+        let wrong = SignedRequest { method: "POST", path: "/apps/1/events", query: &q, body };
+        assert_eq!(wrong.verify("key", "other", NOW), Err(RestAuthError::BadSignature));
+        assert_eq!(wrong.verify("other", "secret", NOW), Err(RestAuthError::UnknownKey));
         let mut extra = q.clone();
         extra.push(("info".into(), "x".into()));
-        assert_eq!(
-            check("POST", &extra, body, NOW),
-            Err(RestAuthError::BadSignature)
-        );
+        assert_eq!(check("POST", &extra, body, NOW), Err(RestAuthError::BadSignature));
     }
 
     #[test]
     fn missing_params_are_named() {
         let q = vec![("auth_key".to_string(), "key".to_string())];
-        assert_eq!(
-            check("GET", &q, b"", NOW),
-            Err(RestAuthError::MissingParam("auth_timestamp"))
-        );
+        assert_eq!(check("GET", &q, b"", NOW), Err(RestAuthError::MissingParam("auth_timestamp")));
         let body = b"{}";
         let mut q = sign_request("POST", "/apps/1/events", "key", "secret", NOW, &[], body);
         q.retain(|(k, _)| k != "body_md5");
-        assert_eq!(
-            check("POST", &q, body, NOW),
-            Err(RestAuthError::MissingParam("body_md5"))
-        );
+        assert_eq!(check("POST", &q, body, NOW), Err(RestAuthError::MissingParam("body_md5")));
     }
 
     #[test]
     fn keys_are_case_insensitive_in_the_string_to_sign() {
-        let q = vec![
-            ("B".to_string(), "2".to_string()),
-            ("a".to_string(), "1".to_string()),
-        ];
-        let r = SignedRequest {
-            method: "get",
-            path: "/p",
-            query: &q,
-            body: b"",
-        };
+        let q = vec![("B".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())];
+        let r = SignedRequest { method: "get", path: "/p", query: &q, body: b"" };
         assert_eq!(r.string_to_sign(), "GET\n/p\na=1&b=2");
     }
 }

@@ -27,11 +27,7 @@ fn mac(secret: &str, message: &str) -> HmacSha256 {
 }
 
 /// The string a channel `auth` signs: `socket_id:channel[:channel_data]`.
-pub fn channel_string_to_sign(
-    socket_id: &str,
-    channel: &str,
-    channel_data: Option<&str>,
-) -> String {
+pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -63,14 +59,8 @@ mod tests {
     #[test]
     fn matches_pusher_documentation_example() {
         // From Pusher's auth signature docs.
-        let sig = sign(
-            "7ad3773142a6692b25b8",
-            &channel_string_to_sign("1234.1234", "private-foobar", None),
-        );
-        assert_eq!(
-            sig,
-            "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
-        );
+        let sig = sign("7ad3773142a6692b25b8", &channel_string_to_sign("1234.1234", "private-foobar", None));
+        assert_eq!(sig, "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
     }
 
     #[test]

@@ -45,10 +45,7 @@ impl FromStr for SocketId {
         if !digits(a) || !digits(b) {
             return Err(InvalidSocketId);
         }
-        Ok(Self {
-            major: a.parse().map_err(|_| InvalidSocketId)?,
-            minor: b.parse().map_err(|_| InvalidSocketId)?,
-        })
+        Ok(Self { major: a.parse().map_err(|_| InvalidSocketId)?, minor: b.parse().map_err(|_| InvalidSocketId)? })
     }
 }
 

@@ -42,25 +42,16 @@ struct Trigger {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("body is not the expected JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body is not the expected JSON: {e}")))
 }
 
 fn info_list(info: Option<&str>) -> Vec<String> {
-    info.unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+    info.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
 fn validate(app: &App, body: EventBody) -> Result<Trigger, ApiError> {
     let config = &app.config;
-    let name = body
-        .name
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing event name"))?;
+    let name = body.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("missing event name"))?;
     if name.len() > config.max_event_name_len {
         return Err(ApiError::bad_request(format!(
             "event name is longer than {} characters",
@@ -75,10 +66,7 @@ fn validate(app: &App, body: EventBody) -> Result<Trigger, ApiError> {
     if data.len() > config.max_event_payload_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "event data is larger than {} bytes",
-                config.max_event_payload_bytes
-            ),
+            format!("event data is larger than {} bytes", config.max_event_payload_bytes),
         ));
     }
     let channels = match (body.channels, body.channel) {
@@ -87,10 +75,7 @@ fn validate(app: &App, body: EventBody) -> Result<Trigger, ApiError> {
         _ => return Err(ApiError::bad_request("missing channels")),
     };
     if channels.len() > config.max_event_channels {
-        return Err(ApiError::bad_request(format!(
-            "more than {} channels",
-            config.max_event_channels
-        )));
+        return Err(ApiError::bad_request(format!("more than {} channels", config.max_event_channels)));
     }
     let mut encrypted = false;
     for channel in &channels {
@@ -99,55 +84,30 @@ fn validate(app: &App, body: EventBody) -> Result<Trigger, ApiError> {
         encrypted |= parsed.kind() == ChannelKind::PrivateEncrypted;
     }
     if encrypted && channels.len() > 1 {
-        return Err(ApiError::bad_request(
-            "an event to an encrypted channel must target that channel alone",
-        ));
+        return Err(ApiError::bad_request("an event to an encrypted channel must target that channel alone"));
     }
     let except = match body.socket_id {
-        Some(id) => Some(
-            id.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid socket_id {id:?}")))?,
-        ),
+        Some(id) => Some(id.parse().map_err(|_| ApiError::bad_request(format!("invalid socket_id {id:?}")))?),
         None => None,
     };
     let info = info_list(body.info.as_deref());
-    Ok(Trigger {
-        name,
-        data,
-        channels,
-        except,
-        info,
-    })
+    Ok(Trigger { name, data, channels, except, info })
 }
 
 /// Delivers a validated event; returns the per-channel info asked for.
-async fn deliver(
-    state: &State,
-    app: &App,
-    trigger: &Trigger,
-) -> Result<Map<String, Value>, ApiError> {
+async fn deliver(state: &State, app: &App, trigger: &Trigger) -> Result<Map<String, Value>, ApiError> {
     for channel in &trigger.channels {
-        let frame = text_frame(message::event(
-            &trigger.name,
-            Some(channel),
-            EventData::Text(&trigger.data),
-            None,
-        ));
+        let frame = text_frame(message::event(&trigger.name, Some(channel), EventData::Text(&trigger.data), None));
         if ChannelName::parse(channel).is_ok_and(|n| n.is_cache()) {
             app.namespace.set_cached(channel, frame.clone());
         }
         hub::broadcast(state, app, channel, frame, trigger.except).await;
     }
-    app.metrics
-        .events_triggered
-        .increment(trigger.channels.len() as u64);
+    app.metrics.events_triggered.increment(trigger.channels.len() as u64);
     let mut out = Map::new();
     if !trigger.info.is_empty() {
         for channel in &trigger.channels {
-            out.insert(
-                channel.clone(),
-                Value::Object(channel_attributes(state, app, channel, &trigger.info).await?),
-            );
+            out.insert(channel.clone(), Value::Object(channel_attributes(state, app, channel, &trigger.info).await?));
         }
     }
     Ok(out)
@@ -163,19 +123,11 @@ async fn channel_attributes(
     let mut attrs = Map::new();
     let is_presence = ChannelName::parse(channel).is_ok_and(|n| n.kind() == ChannelKind::Presence);
     if info.iter().any(|i| i == "user_count") && is_presence {
-        let members = state
-            .adapter
-            .members(&app.config.id, channel)
-            .await
-            .map_err(internal)?;
+        let members = state.adapter.members(&app.config.id, channel).await.map_err(internal)?;
         attrs.insert("user_count".into(), json!(members.len()));
     }
     if info.iter().any(|i| i == "subscription_count") {
-        let count = state
-            .adapter
-            .subscription_count(&app.config.id, channel)
-            .await
-            .map_err(internal)?;
+        let count = state.adapter.subscription_count(&app.config.id, channel).await.map_err(internal)?;
         attrs.insert("subscription_count".into(), json!(count));
     }
     Ok(attrs)
@@ -189,11 +141,7 @@ fn internal(e: herald_adapter::AdapterError) -> ApiError {
 pub async fn events(state: &State, app: &App, body: &[u8]) -> Result<Value, ApiError> {
     let trigger = validate(app, parse_json(body)?)?;
     let channels = deliver(state, app, &trigger).await?;
-    Ok(if trigger.info.is_empty() {
-        json!({})
-    } else {
-        json!({ "channels": channels })
-    })
+    Ok(if trigger.info.is_empty() { json!({}) } else { json!({ "channels": channels }) })
 }
 
 /// `POST /apps/{id}/batch_events`
@@ -201,61 +149,35 @@ pub async fn batch_events(state: &State, app: &App, body: &[u8]) -> Result<Value
     let batch: BatchBody = parse_json(body)?;
     let max = app.config.max_batch_size;
     if batch.batch.len() > max {
-        return Err(ApiError::bad_request(format!(
-            "batch has more than {max} events"
-        )));
+        return Err(ApiError::bad_request(format!("batch has more than {max} events")));
     }
     let mut triggers = Vec::with_capacity(batch.batch.len());
     for (i, item) in batch.batch.into_iter().enumerate() {
         if item.channels.is_some() {
-            return Err(ApiError::bad_request(format!(
-                "batch[{i}]: use \"channel\", not \"channels\""
-            )));
+            return Err(ApiError::bad_request(format!("batch[{i}]: use \"channel\", not \"channels\"")));
         }
-        triggers.push(
-            validate(app, item)
-                .map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))?,
-        );
+        triggers.push(validate(app, item).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))?);
     }
     let mut results = Vec::with_capacity(triggers.len());
     for trigger in &triggers {
         let mut channels = deliver(state, app, trigger).await?;
-        let attrs = trigger
-            .channels
-            .first()
-            .and_then(|c| channels.remove(c))
-            .unwrap_or_else(|| json!({}));
+        let attrs = trigger.channels.first().and_then(|c| channels.remove(c)).unwrap_or_else(|| json!({}));
         results.push(attrs);
     }
     let any_info = triggers.iter().any(|t| !t.info.is_empty());
-    Ok(if any_info {
-        json!({ "batch": results })
-    } else {
-        json!({})
-    })
+    Ok(if any_info { json!({ "batch": results }) } else { json!({}) })
 }
 
 /// `GET /apps/{id}/channels`
-pub async fn channels(
-    state: &State,
-    app: &App,
-    prefix: Option<&str>,
-    info: Option<&str>,
-) -> Result<Value, ApiError> {
+pub async fn channels(state: &State, app: &App, prefix: Option<&str>, info: Option<&str>) -> Result<Value, ApiError> {
     let prefix = prefix.unwrap_or("");
     let info = info_list(info);
     let wants_users = info.iter().any(|i| i == "user_count");
     if wants_users && !prefix.starts_with("presence-") {
-        return Err(ApiError::bad_request(
-            "user_count is only available with filter_by_prefix=presence-",
-        ));
+        return Err(ApiError::bad_request("user_count is only available with filter_by_prefix=presence-"));
     }
     let wants_subscriptions = info.iter().any(|i| i == "subscription_count");
-    let all = state
-        .adapter
-        .channels(&app.config.id)
-        .await
-        .map_err(internal)?;
+    let all = state.adapter.channels(&app.config.id).await.map_err(internal)?;
     let mut out = BTreeMap::new();
     for channel in all {
         if !channel.name.starts_with(prefix) || channel.name.starts_with('#') {
@@ -266,10 +188,7 @@ pub async fn channels(
             attrs.insert("user_count".into(), json!(channel.user_count));
         }
         if wants_subscriptions {
-            attrs.insert(
-                "subscription_count".into(),
-                json!(channel.subscription_count),
-            );
+            attrs.insert("subscription_count".into(), json!(channel.subscription_count));
         }
         out.insert(channel.name, Value::Object(attrs));
     }
@@ -277,25 +196,13 @@ pub async fn channels(
 }
 
 /// `GET /apps/{id}/channels/{name}`
-pub async fn channel(
-    state: &State,
-    app: &App,
-    name: &str,
-    info: Option<&str>,
-) -> Result<Value, ApiError> {
-    let parsed = ChannelName::parse(name)
-        .map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+pub async fn channel(state: &State, app: &App, name: &str, info: Option<&str>) -> Result<Value, ApiError> {
+    let parsed = ChannelName::parse(name).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
     let info = info_list(info);
     if info.iter().any(|i| i == "user_count") && parsed.kind() != ChannelKind::Presence {
-        return Err(ApiError::bad_request(
-            "user_count is only available for presence channels",
-        ));
+        return Err(ApiError::bad_request("user_count is only available for presence channels"));
     }
-    let count = state
-        .adapter
-        .subscription_count(&app.config.id, name)
-        .await
-        .map_err(internal)?;
+    let count = state.adapter.subscription_count(&app.config.id, name).await.map_err(internal)?;
     let mut out = channel_attributes(state, app, name, &info).await?;
     out.insert("occupied".into(), json!(count > 0));
     Ok(Value::Object(out))
@@ -303,31 +210,17 @@ pub async fn channel(
 
 /// `GET /apps/{id}/channels/{name}/users`
 pub async fn users(state: &State, app: &App, name: &str) -> Result<Value, ApiError> {
-    let parsed = ChannelName::parse(name)
-        .map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+    let parsed = ChannelName::parse(name).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
     if parsed.kind() != ChannelKind::Presence {
-        return Err(ApiError::bad_request(
-            "users are only available for presence channels",
-        ));
+        return Err(ApiError::bad_request("users are only available for presence channels"));
     }
-    let members = state
-        .adapter
-        .members(&app.config.id, name)
-        .await
-        .map_err(internal)?;
-    let users: Vec<Value> = members
-        .into_iter()
-        .map(|(id, _)| json!({ "id": id }))
-        .collect();
+    let members = state.adapter.members(&app.config.id, name).await.map_err(internal)?;
+    let users: Vec<Value> = members.into_iter().map(|(id, _)| json!({ "id": id })).collect();
     Ok(json!({ "users": users }))
 }
 
 /// `POST /apps/{id}/users/{user_id}/terminate_connections`
 pub async fn terminate(state: &State, app: &App, user_id: &str) -> Result<Value, ApiError> {
-    state
-        .adapter
-        .terminate_user_connections(&app.config.id, user_id)
-        .await
-        .map_err(internal)?;
+    state.adapter.terminate_user_connections(&app.config.id, user_id).await.map_err(internal)?;
     Ok(json!({}))
 }

@@ -33,10 +33,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -50,16 +47,10 @@ pub fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Inf
 }
 
 /// `/apps/...`: every REST endpoint.
-pub fn route(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
     let limit = state.config.max_request_bytes;
-    warp::path("apps")
-        .and(warp::path::full())
-        .and(warp::method())
-        .and(raw_query())
-        .and(warp::body::stream())
-        .then(move |path: FullPath, method: Method, query: String, body| {
+    warp::path("apps").and(warp::path::full()).and(warp::method()).and(raw_query()).and(warp::body::stream()).then(
+        move |path: FullPath, method: Method, query: String, body| {
             let state = state.clone();
             async move {
                 match read_limited(body, limit).await {
@@ -70,7 +61,8 @@ pub fn route(
                     ),
                 }
             }
-        })
+        },
+    )
 }
 
 /// Reads a body, giving up (None) as soon as it passes `limit` bytes.
@@ -128,10 +120,8 @@ impl Route {
 
 fn parse_path(path: &str) -> Option<(String, Route)> {
     let rest = path.strip_prefix("/apps/")?;
-    let segments: Vec<String> = rest
-        .split('/')
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
+    let segments: Vec<String> =
+        rest.split('/').map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let route = match parts.as_slice() {
         [_, "events"] => Route::Events,
@@ -151,10 +141,7 @@ async fn handle(state: &State, method: &Method, path: &str, query: &str, body: &
     };
     let Some(app) = state.apps.by_id(&app_id) else {
         state.metrics.node().unknown_app_rejections.increment(1);
-        return json_reply(
-            StatusCode::NOT_FOUND,
-            &json!({"error": format!("unknown app {app_id}")}),
-        );
+        return json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("unknown app {app_id}")}));
     };
     let endpoint = route.endpoint();
     let result = authorize_and_run(state, app, method, path, query, body, route).await;
@@ -176,45 +163,25 @@ async fn authorize_and_run(
     route: Route,
 ) -> Result<Value, ApiError> {
     if *method != route.method() {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("use {}", route.method()),
-        ));
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use {}", route.method())));
     }
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|_| ApiError::bad_request("query string is not valid form encoding"))?;
-    let request = SignedRequest {
-        method: method.as_str(),
-        path,
-        query: &params,
-        body,
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let request = SignedRequest { method: method.as_str(), path, query: &params, body };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if let Err(e) = request.verify(&app.config.key, &app.config.secret, now) {
         app.metrics.rejected(Rejection::BadSignature);
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()));
     }
     if !app.config.enabled {
         app.metrics.rejected(Rejection::AppDisabled);
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "application is disabled",
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "application is disabled"));
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let result = match route {
         Route::Events => handlers::events(state, app, body).await,
         Route::BatchEvents => handlers::batch_events(state, app, body).await,
-        Route::Channels => {
-            handlers::channels(state, app, param("filter_by_prefix"), param("info")).await
-        }
+        Route::Channels => handlers::channels(state, app, param("filter_by_prefix"), param("info")).await,
         Route::Channel(name) => handlers::channel(state, app, &name, param("info")).await,
         Route::Users(name) => handlers::users(state, app, &name).await,
         Route::Terminate(user) => handlers::terminate(state, app, &user).await,
@@ -248,10 +215,7 @@ mod tests {
             parse_path("/apps/1/channels/%23server-to-user-7"),
             Some((_, Route::Channel(n))) if n == "#server-to-user-7"
         ));
-        assert!(matches!(
-            parse_path("/apps/1/channels/presence-a/users"),
-            Some((_, Route::Users(_)))
-        ));
+        assert!(matches!(parse_path("/apps/1/channels/presence-a/users"), Some((_, Route::Users(_)))));
         assert!(matches!(
             parse_path("/apps/1/users/u1/terminate_connections"),
             Some((_, Route::Terminate(u))) if u == "u1"

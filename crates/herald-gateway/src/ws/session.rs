@@ -28,11 +28,7 @@ use crate::state::State;
 /// Serves one upgraded WebSocket until it closes.
 pub(super) async fn run<S>(state: Arc<State>, ws: S, admission: Admission)
 where
-    S: Stream<Item = Result<Message, WsError>>
-        + futures_util::Sink<Message, Error = WsError>
-        + Unpin
-        + Send
-        + 'static,
+    S: Stream<Item = Result<Message, WsError>> + futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
 {
     let (sink, stream) = ws.split();
     let socket_id = SocketId::random();
@@ -49,13 +45,7 @@ where
     app.namespace.add_connection(conn.clone());
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    app.namespace.send_to(
-        &conn,
-        text_frame(message::connection_established(
-            socket_id,
-            activity_timeout.as_secs(),
-        )),
-    );
+    app.namespace.send_to(&conn, text_frame(message::connection_established(socket_id, activity_timeout.as_secs())));
 
     let mut session = Session {
         state: state.clone(),
@@ -66,8 +56,7 @@ where
     };
     session.read(stream).await;
 
-    let departure = app.namespace.remove_connection(&conn);
-    hub::departed(&state, &app, departure).await;
+    state.cleanup.depart(&app.namespace, conn).await;
     app.metrics.connection_closed();
     let _ = writer.await;
 }
@@ -93,11 +82,7 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut ping_sent = false;
         loop {
-            let idle_deadline = if ping_sent {
-                last_seen + activity + pong_timeout
-            } else {
-                last_seen + activity
-            };
+            let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
             let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
             tokio::select! {
                 biased;
@@ -162,28 +147,19 @@ impl Session {
                 self.reply(text_frame(message::pong()));
             }
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe {
-                channel,
-                auth,
-                channel_data,
-            } => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref())
-                    .await
+            ClientMessage::Subscribe { channel, auth, channel_data } => {
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await
             }
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
             ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
-            ClientMessage::ClientEvent {
-                event,
-                channel,
-                data,
-            } => self.client_event(&event, &channel, &data, text.len()).await,
+            ClientMessage::ClientEvent { event, channel, data } => {
+                self.client_event(&event, &channel, &data, text.len()).await
+            }
         }
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, text: &str, status: u16) {
-        self.reply(text_frame(message::subscription_error(
-            channel, kind, text, status,
-        )));
+        self.reply(text_frame(message::subscription_error(channel, kind, text, status)));
     }
 
     async fn subscribe(&mut self, channel: &str, auth: Option<&str>, channel_data: Option<&str>) {
@@ -197,15 +173,9 @@ impl Session {
         let config = &self.app.config;
         if name.requires_auth() {
             let socket_id = self.conn.socket_id.to_string();
-            let data = if name.kind() == ChannelKind::Presence {
-                channel_data
-            } else {
-                None
-            };
+            let data = if name.kind() == ChannelKind::Presence { channel_data } else { None };
             let to_sign = sign::channel_string_to_sign(&socket_id, channel, data);
-            let valid = auth.is_some_and(|auth| {
-                sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth)
-            });
+            let valid = auth.is_some_and(|auth| sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth));
             if !valid || (name.kind() == ChannelKind::Presence && channel_data.is_none()) {
                 self.app.metrics.rejected(Rejection::SubscriptionAuth);
                 return self.subscription_error(channel, "AuthError", "Invalid signature", 401);
@@ -214,12 +184,7 @@ impl Session {
         if let Some(user) = name.target_user() {
             if self.conn.user_id().as_deref() != Some(user) {
                 self.app.metrics.rejected(Rejection::SubscriptionAuth);
-                return self.subscription_error(
-                    channel,
-                    "AuthError",
-                    "Sign in as this user first",
-                    403,
-                );
+                return self.subscription_error(channel, "AuthError", "Sign in as this user first", 403);
             }
         }
         let member = match (name.kind(), channel_data) {
@@ -227,12 +192,7 @@ impl Session {
                 Ok(member) => Some(member),
                 Err(e) => {
                     self.app.metrics.rejected(Rejection::BadRequest);
-                    return self.subscription_error(
-                        channel,
-                        "InvalidChannelData",
-                        &e.to_string(),
-                        400,
-                    );
+                    return self.subscription_error(channel, "InvalidChannelData", &e.to_string(), 400);
                 }
             },
             _ => None,
@@ -240,16 +200,11 @@ impl Session {
         if let Some(member) = &member {
             if member.user_info.to_string().len() > config.max_presence_user_info_bytes {
                 self.app.metrics.rejected(Rejection::PresenceLimit);
-                let text = format!(
-                    "user_info is larger than {} bytes",
-                    config.max_presence_user_info_bytes
-                );
+                let text = format!("user_info is larger than {} bytes", config.max_presence_user_info_bytes);
                 return self.subscription_error(channel, "LimitReached", &text, 400);
             }
         }
-        let joined = member
-            .as_ref()
-            .map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
+        let joined = member.as_ref().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
         let outcome = match self.app.namespace.subscribe(
             &self.conn,
             channel,
@@ -264,21 +219,16 @@ impl Session {
                 return self.subscription_error(channel, "LimitReached", &text, 403);
             }
         };
+        if outcome.cache_miss {
+            self.app.webhooks.cache_miss(channel);
+        }
         if outcome.already_subscribed {
             return;
         }
         self.app.metrics.subscribed(name.kind().index());
         if let Some((user_id, info)) = joined {
             if outcome.member_added {
-                hub::member_joined(
-                    &self.state,
-                    &self.app,
-                    channel,
-                    self.conn.socket_id,
-                    &user_id,
-                    &info,
-                )
-                .await;
+                hub::member_joined(&self.state, &self.app, channel, self.conn.socket_id, &user_id, &info).await;
             }
             self.presence_users.insert(channel.to_string(), user_id);
         }
@@ -305,18 +255,13 @@ impl Session {
                 return self.conn.close(ErrorCode::UNAUTHORIZED);
             }
         };
-        let outcome = self
-            .app
-            .namespace
-            .sign_in(&self.conn, &user.id, &user.watchlist);
+        let outcome = self.app.namespace.sign_in(&self.conn, &user.id, &user.watchlist);
         self.reply(text_frame(message::signin_success(user_data)));
         if let Some(frame) = hub::watchlist_snapshot(&user.watchlist, &outcome.online_watched) {
             self.reply(frame);
         }
         if outcome.came_online && !outcome.watchers.is_empty() {
-            self.app
-                .namespace
-                .send_all(&outcome.watchers, &hub::came_online(&user.id));
+            self.app.namespace.send_all(&outcome.watchers, &hub::came_online(&user.id));
         }
     }
 
@@ -327,11 +272,7 @@ impl Session {
             s.error(ErrorCode::CLIENT_EVENT_REJECTED, text);
         };
         if !config.client_events {
-            return refuse(
-                self,
-                Rejection::ClientEventRefused,
-                "client events are disabled for this app",
-            );
+            return refuse(self, Rejection::ClientEventRefused, "client events are disabled for this app");
         }
         let allowed = ChannelName::parse(channel).is_ok_and(|n| n.allows_client_events());
         if !allowed {
@@ -349,44 +290,21 @@ impl Session {
             );
         }
         if event.len() > config.max_event_name_len {
-            return refuse(
-                self,
-                Rejection::ClientEventRefused,
-                "event name is too long",
-            );
+            return refuse(self, Rejection::ClientEventRefused, "event name is too long");
         }
-        if EventData::Json(data).len() > config.max_event_payload_bytes
-            || frame_len > self.state.config.max_frame_bytes
+        if EventData::Json(data).len() > config.max_event_payload_bytes || frame_len > self.state.config.max_frame_bytes
         {
-            return refuse(
-                self,
-                Rejection::PayloadTooLarge,
-                "event payload is too large",
-            );
+            return refuse(self, Rejection::PayloadTooLarge, "event payload is too large");
         }
         if !self.rate.allow() {
-            return refuse(
-                self,
-                Rejection::ClientEventRateLimited,
-                "client event rate limit exceeded",
-            );
+            return refuse(self, Rejection::ClientEventRateLimited, "client event rate limit exceeded");
         }
         let user_id = self.presence_users.get(channel).cloned();
-        let frame = text_frame(message::event(
-            event,
-            Some(channel),
-            EventData::Json(data),
-            user_id.as_deref(),
-        ));
+        let frame = text_frame(message::event(event, Some(channel), EventData::Json(data), user_id.as_deref()));
         self.app.metrics.client_events.increment(1);
-        hub::broadcast(
-            &self.state,
-            &self.app,
-            channel,
-            frame,
-            Some(self.conn.socket_id),
-        )
-        .await;
+        hub::broadcast(&self.state, &self.app, channel, frame, Some(self.conn.socket_id)).await;
+        let socket_id = self.conn.socket_id.to_string();
+        self.app.webhooks.client_event(channel, event, data, &socket_id, user_id.as_deref());
     }
 }
 
@@ -400,11 +318,7 @@ struct RateLimiter {
 impl RateLimiter {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Self {
-            rate,
-            tokens: rate,
-            refilled: Instant::now(),
-        }
+        Self { rate, tokens: rate, refilled: Instant::now() }
     }
 
     fn allow(&mut self) -> bool {

@@ -29,19 +29,15 @@ const MIN_PROTOCOL: u32 = 7;
 type Reply = Response<Bytes>;
 
 /// `GET /app/{key}`: the WebSocket endpoint.
-pub fn route(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
     warp::path!("app" / String)
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(crate::rest::raw_query())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(
-            move |key: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
-                upgrade(state.clone(), key, &headers, &query, on_upgrade)
-            },
-        )
+        .map(move |key: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
+            upgrade(state.clone(), key, &headers, &query, on_upgrade)
+        })
 }
 
 /// Whether a handshaken connection is served or refused.
@@ -50,42 +46,20 @@ pub(super) enum Admission {
     Refuse(ErrorCode),
 }
 
-fn upgrade(
-    state: Arc<State>,
-    key: String,
-    headers: &HeaderMap,
-    query: &str,
-    on_upgrade: Option<OnUpgrade>,
-) -> Reply {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let connection_upgrade = header("connection")
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+fn upgrade(state: Arc<State>, key: String, headers: &HeaderMap, query: &str, on_upgrade: Option<OnUpgrade>) -> Reply {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let connection_upgrade = header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if !connection_upgrade || !header("upgrade").eq_ignore_ascii_case("websocket") {
         return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     }
     if header("sec-websocket-version") != "13" {
-        let mut r = plain(
-            StatusCode::UPGRADE_REQUIRED,
-            "only WebSocket version 13 is supported",
-        );
-        r.headers_mut().insert(
-            "sec-websocket-version",
-            "13".parse().expect("static header"),
-        );
+        let mut r = plain(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
+        r.headers_mut().insert("sec-websocket-version", "13".parse().expect("static header"));
         return r;
     }
     let ws_key = header("sec-websocket-key");
     let (Some(on_upgrade), false) = (on_upgrade, ws_key.is_empty()) else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key or upgrade state",
-        );
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key or upgrade state");
     };
     if state.is_draining() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
@@ -97,12 +71,7 @@ fn upgrade(
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 session::run(task_state, ws, admission).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -56,10 +56,7 @@ where
         if let Some(code) = conn.close_requested() {
             let error = message::error(Some(code), close_message(code));
             sink.send(Message::Text(error.into())).await?;
-            let frame = CloseFrame {
-                code: CloseCode::from(code.as_u16()),
-                reason: close_message(code).into(),
-            };
+            let frame = CloseFrame { code: CloseCode::from(code.as_u16()), reason: close_message(code).into() };
             sink.send(Message::Close(Some(frame))).await?;
         }
         sink.close().await
