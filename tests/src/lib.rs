@@ -295,3 +295,79 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
         all.then(|| value.parse().ok()).flatten()
     })
 }
+
+/// One webhook request as a receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub key: String,
+    pub signature: String,
+    pub body: String,
+}
+
+impl Hook {
+    /// The parsed body.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("webhook body is JSON")
+    }
+
+    /// Whether `X-Pusher-Signature` is the HMAC of the body with `secret`.
+    pub fn signed_with(&self, secret: &str) -> bool {
+        sign::verify(secret, &self.body, &self.signature)
+    }
+}
+
+/// A real HTTP server that records webhook requests and answers `status`.
+pub struct WebhookReceiver {
+    pub url: String,
+    requests: tokio::sync::mpsc::Receiver<Hook>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(status: u16) -> Self {
+        use warp::Filter;
+        let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+        let route = warp::post()
+            .and(warp::header::optional::<String>("x-pusher-key"))
+            .and(warp::header::optional::<String>("x-pusher-signature"))
+            .and(warp::body::bytes())
+            .then(move |key: Option<String>, signature: Option<String>, body: bytes::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let hook = Hook {
+                        key: key.unwrap_or_default(),
+                        signature: signature.unwrap_or_default(),
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    };
+                    let _ = tx.send(hook).await;
+                    warp::http::Response::builder().status(status).body(String::new()).unwrap()
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+        Self { url: format!("http://{addr}/hook"), requests: rx, _server: server }
+    }
+
+    /// The next request (panics after [`WAIT`]).
+    pub async fn next(&mut self) -> Hook {
+        tokio::time::timeout(WAIT, self.requests.recv()).await.expect("a webhook within the wait").unwrap()
+    }
+
+    /// Collects events until `done` says enough; returns them in order.
+    pub async fn events_until(&mut self, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let mut events = Vec::new();
+        while !done(&events) {
+            let hook = self.next().await;
+            events.extend(hook.json()["events"].as_array().cloned().unwrap_or_default());
+        }
+        events
+    }
+
+    /// Asserts no request arrives within `within`.
+    pub async fn expect_none(&mut self, within: Duration) {
+        if let Ok(Some(hook)) = tokio::time::timeout(within, self.requests.recv()).await {
+            panic!("unexpected webhook {}", hook.body);
+        }
+    }
+}

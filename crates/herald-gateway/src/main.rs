@@ -15,6 +15,11 @@ async fn main() -> std::process::ExitCode {
         }
     };
     logging::init(&config);
+    // Every connection is a file descriptor: take the whole hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
