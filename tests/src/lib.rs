@@ -371,3 +371,79 @@ impl WebhookReceiver {
         }
     }
 }
+
+/// The real `herald` binary in a child process (for tests whose socket count
+/// would exceed one process's descriptor limit if server and clients shared it).
+pub struct HeraldProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub app: AppConfig,
+}
+
+impl HeraldProcess {
+    /// Starts `target/<profile>/herald` (building it if needed) on free ports.
+    pub fn start(extra_env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+        let bin = dir.join("herald");
+        if !bin.exists() {
+            let status = std::process::Command::new(env!("CARGO")).args(["build", "--bin", "herald"]).status().unwrap();
+            assert!(status.success(), "cargo build --bin herald failed");
+        }
+        let mut child = std::process::Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--log-format", "json"])
+            .env("HERALD_NODE_ID", "proc")
+            .envs(extra_env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("herald starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (addr, metrics_addr) = loop {
+            let line = lines.next().expect("herald logs its address").unwrap();
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let (Some(a), Some(m)) = (v["addr"].as_str(), v["metrics_addr"].as_str()) {
+                    break (a.parse().unwrap(), m.parse().unwrap());
+                }
+            }
+        };
+        // Keep draining its output so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr, metrics_addr, app: AppConfig::default() }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/app/{}?protocol=7&client=test&version=1", self.addr, self.app.key)
+    }
+
+    /// Connects and reads `connection_established`.
+    pub async fn connect(&self) -> Client {
+        let mut client = Client::open(&self.ws_url()).await;
+        let established = client.recv_event("pusher:connection_established").await;
+        client.socket_id = data(&established)["socket_id"].as_str().unwrap().to_string();
+        client.app = self.app.clone();
+        client
+    }
+
+    pub fn rest(&self) -> Rest {
+        Rest { base: format!("http://{}", self.addr), app: self.app.clone(), http: reqwest::Client::new() }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Raises this process's descriptor limit to its hard limit.
+pub fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
