@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Connect, subscribe and broadcast; report latency and costs.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure the kernel's CPU cost per small write to loopback sockets.
     Floor(FloorArgs),
     /// Internal: one worker process of `run`.
@@ -123,7 +123,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(coordinator::run(args)),
+        Command::Run(args) => runtime.block_on(coordinator::run(*args)),
         Command::Worker { spec, index, count } => match serde_json::from_str(&spec) {
             Ok(args) => runtime.block_on(worker::run(args, index, count)),
             Err(e) => Err(format!("bad worker spec: {e}")),
