@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_metrics::AppMetrics;
+use herald_metrics::{AppMetrics, Rejection};
 use herald_protocol::message;
 use herald_protocol::presence::PresenceMember;
 use herald_protocol::SocketId;
@@ -358,7 +358,7 @@ impl Namespace {
             Some(state) => state.snapshot(),
             None => return 0,
         };
-        let delivered = deliver(&snapshot, frame, except);
+        let delivered = deliver(&snapshot, frame, except, &self.metrics);
         self.metrics.delivered(delivered as u64, frame.len());
         self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
         delivered
@@ -368,15 +368,17 @@ impl Namespace {
     pub fn send_to(&self, conn: &Connection, frame: Frame) -> SendOutcome {
         let len = frame.len();
         let outcome = conn.send(frame);
-        if outcome == SendOutcome::Queued {
-            self.metrics.delivered(1, len);
+        match outcome {
+            SendOutcome::Queued => self.metrics.delivered(1, len),
+            SendOutcome::SlowConsumer => self.metrics.rejected(Rejection::SlowConsumer),
+            SendOutcome::Closed => {}
         }
         outcome
     }
 
     /// Queues one frame to several connections (watchlist events), counted once.
     pub fn send_all(&self, recipients: &[Arc<Connection>], frame: &Frame) -> usize {
-        let delivered = deliver(recipients, frame, None);
+        let delivered = deliver(recipients, frame, None, &self.metrics);
         self.metrics.delivered(delivered as u64, frame.len());
         delivered
     }
@@ -428,14 +430,18 @@ impl Namespace {
 }
 
 /// Enqueues one shared frame per recipient; returns how many were queued.
-fn deliver(recipients: &[Arc<Connection>], frame: &Frame, except: Option<SocketId>) -> usize {
+/// A slow consumer found during a delivery is counted once, when its
+/// queue overflows (the connection is closing from then on).
+fn deliver(recipients: &[Arc<Connection>], frame: &Frame, except: Option<SocketId>, metrics: &AppMetrics) -> usize {
     let mut delivered = 0;
     for conn in recipients {
         if Some(conn.socket_id) == except {
             continue;
         }
-        if conn.send(frame.clone()) == SendOutcome::Queued {
-            delivered += 1;
+        match conn.send(frame.clone()) {
+            SendOutcome::Queued => delivered += 1,
+            SendOutcome::SlowConsumer => metrics.rejected(Rejection::SlowConsumer),
+            SendOutcome::Closed => {}
         }
     }
     delivered
