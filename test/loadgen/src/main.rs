@@ -94,7 +94,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
     /// Milliseconds to wait for late deliveries after the last round.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     pub drain_ms: u64,
     /// PID of the server, to sample its CPU time and memory.
     #[arg(long)]
@@ -121,7 +121,13 @@ struct FloorArgs {
 fn main() -> std::process::ExitCode {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // Workers are pinned with the coordinator to the same cores: one thread
+    // each avoids cross-thread wake-ups that only add cost there.
+    let runtime = match cli.command {
+        Command::Worker { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(coordinator::run(*args)),
         Command::Worker { spec, index, count } => match serde_json::from_str(&spec) {

@@ -172,6 +172,23 @@ async fn next_json(ws: &mut Ws, event: &str) -> Result<Value, String> {
     }
 }
 
+/// The parts of a frame the receiver looks at (borrowed: no copies).
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What every loadgen broadcast carries: round, index in the burst, send time.
+#[derive(Deserialize)]
+struct Stamp {
+    r: u64,
+    b: u64,
+    t: u64,
+}
+
 /// Records one client's receipts until told to stop.
 async fn receive(mut ws: Ws, rounds: usize, burst: usize, mut stop: watch::Receiver<bool>) -> Summary {
     let mut summary = Summary::new(rounds);
@@ -185,19 +202,16 @@ async fn receive(mut ws: Ws, rounds: usize, burst: usize, mut stop: watch::Recei
         let Some(Ok(msg)) = msg else { break };
         let Message::Text(text) = msg else { continue };
         let now = now_ns();
-        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-        match frame["event"].as_str() {
-            Some(EVENT) => {}
-            Some("pusher:ping") => {
+        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+        match frame.event.as_ref() {
+            EVENT => {}
+            "pusher:ping" => {
                 let _ = ws.send(Message::Text(r#"{"event":"pusher:pong","data":{}}"#.into())).await;
                 continue;
             }
             _ => continue,
         }
-        let Some(data) = frame["data"].as_str().and_then(|d| serde_json::from_str::<Value>(d).ok()) else {
-            continue;
-        };
-        let (Some(r), Some(b), Some(t)) = (data["r"].as_u64(), data["b"].as_u64(), data["t"].as_u64()) else {
+        let Some(Ok(Stamp { r, b, t })) = frame.data.as_deref().map(serde_json::from_str::<Stamp>) else {
             continue;
         };
         let seq = r * burst as u64 + b;

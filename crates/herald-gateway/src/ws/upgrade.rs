@@ -90,7 +90,7 @@ fn upgrade(state: Arc<State>, key: String, headers: &HeaderMap, query: &str, on_
 fn ws_config(state: &State) -> WebSocketConfig {
     let max = state.config.max_frame_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(max))
