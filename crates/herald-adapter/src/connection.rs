@@ -6,13 +6,12 @@
 //! delaying anyone else.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use herald_protocol::{ErrorCode, SocketId};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, Notify};
 
 /// A frame on its way to a client. Text frames hold shared `Bytes`, so a
 /// clone per recipient is a reference-count bump.
@@ -33,7 +32,11 @@ pub struct Connection {
     pub socket_id: SocketId,
     outbox: mpsc::Sender<Frame>,
     close_code: AtomicU16,
-    closed: CancellationToken,
+    /// Set once when the connection starts closing or leaving; checked on
+    /// every enqueue, so it is a plain atomic (a `CancellationToken` takes a
+    /// mutex to answer `is_cancelled`).
+    closed: AtomicBool,
+    closed_notify: Notify,
     state: Mutex<ConnectionState>,
 }
 
@@ -59,7 +62,8 @@ impl Connection {
             socket_id,
             outbox: tx,
             close_code: AtomicU16::new(0),
-            closed: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
             state: Mutex::new(ConnectionState::default()),
         });
         (conn, rx)
@@ -67,7 +71,7 @@ impl Connection {
 
     /// Enqueues a frame without waiting.
     pub fn send(&self, frame: Frame) -> SendOutcome {
-        if self.closed.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             return SendOutcome::Closed;
         }
         match self.outbox.try_send(frame) {
@@ -83,7 +87,13 @@ impl Connection {
     /// Asks the connection's task to close with `code` (the first request wins).
     pub fn close(&self, code: ErrorCode) {
         let _ = self.close_code.compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
-        self.closed.cancel();
+        self.mark_closed();
+    }
+
+    fn mark_closed(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.closed_notify.notify_waiters();
+        }
     }
 
     /// The code a close was requested with, if any.
@@ -94,18 +104,23 @@ impl Connection {
         }
     }
 
-    /// Resolves when a close has been requested.
+    /// Resolves when a close has been requested. Create it once and poll
+    /// it repeatedly (pinned) rather than once per loop iteration.
     pub async fn closing(&self) {
-        self.closed.cancelled().await
+        let notified = self.closed_notify.notified();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Marks the connection as leaving without a close code (it disconnected).
     pub fn mark_leaving(&self) {
-        self.closed.cancel();
+        self.mark_closed();
     }
 
     pub(crate) fn join(&self, channel: &Arc<str>) -> bool {

@@ -36,7 +36,29 @@ pub fn ws_frame(payload: usize) -> Vec<u8> {
     frame
 }
 
-pub fn run(sockets: usize, payload: usize, rounds: usize) -> std::io::Result<FloorReport> {
+/// Pins the calling thread to one CPU (best effort).
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Where the receiving ends are read.
+#[derive(Debug, Clone, Copy)]
+pub struct Readers {
+    /// Read by a thread blocked in epoll (as a real client is), so every
+    /// write also pays the receiver's wake-up, as a server's writes do.
+    pub live: bool,
+    pub writer_cpu: Option<usize>,
+    pub reader_cpu: Option<usize>,
+}
+
+pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers) -> std::io::Result<FloorReport> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let mut writers = Vec::with_capacity(sockets);
@@ -49,16 +71,36 @@ pub fn run(sockets: usize, payload: usize, rounds: usize) -> std::io::Result<Flo
         readers.push(client);
     }
     let frame = ws_frame(payload);
+    pin(readers_mode.writer_cpu);
     let mut per_round = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let started = thread_cpu_secs();
-        for w in &mut writers {
-            w.write_all(&frame)?;
+    if readers_mode.live {
+        let expected = sockets * rounds * frame.len();
+        let reader_cpu = readers_mode.reader_cpu;
+        let reader = std::thread::spawn(move || {
+            pin(reader_cpu);
+            epoll_drain(&readers, expected)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        for _ in 0..rounds {
+            let started = thread_cpu_secs();
+            for w in &mut writers {
+                w.write_all(&frame)?;
+            }
+            per_round.push((thread_cpu_secs() - started) * 1e6 / sockets as f64);
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        per_round.push((thread_cpu_secs() - started) * 1e6 / sockets as f64);
-        // Drain the receivers so socket buffers never fill between rounds.
-        for r in &mut readers {
-            drain(r, frame.len())?;
+        reader.join().expect("reader thread")?;
+    } else {
+        for _ in 0..rounds {
+            let started = thread_cpu_secs();
+            for w in &mut writers {
+                w.write_all(&frame)?;
+            }
+            per_round.push((thread_cpu_secs() - started) * 1e6 / sockets as f64);
+            // Drain the receivers so socket buffers never fill between rounds.
+            for r in &mut readers {
+                drain(r, frame.len())?;
+            }
         }
     }
     let mut sorted = per_round.clone();
@@ -70,6 +112,42 @@ pub fn run(sockets: usize, payload: usize, rounds: usize) -> std::io::Result<Flo
         cpu_us_per_write: sorted[sorted.len() / 2],
         cpu_us_per_write_rounds: per_round,
     })
+}
+
+/// Reads every receiver from one thread blocked in epoll until `expected`
+/// bytes have arrived.
+fn epoll_drain(readers: &[TcpStream], mut expected: usize) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain epoll calls on descriptors this function's caller owns.
+    let epoll = unsafe { libc::epoll_create1(0) };
+    if epoll < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (i, r) in readers.iter().enumerate() {
+        r.set_nonblocking(true)?;
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut event) };
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buf = [0u8; 65536];
+    while expected > 0 {
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 5000) };
+        if n <= 0 {
+            break;
+        }
+        for e in &events[..n as usize] {
+            let mut stream = &readers[e.u64 as usize];
+            while let Ok(got) = stream.read(&mut buf) {
+                if got == 0 {
+                    break;
+                }
+                expected = expected.saturating_sub(got);
+            }
+        }
+    }
+    unsafe { libc::close(epoll) };
+    Ok(())
 }
 
 fn drain(stream: &mut TcpStream, mut left: usize) -> std::io::Result<()> {
@@ -91,8 +169,11 @@ mod tests {
     fn frames_have_websocket_headers() {
         assert_eq!(super::ws_frame(5)[..2], [0x81, 5]);
         assert_eq!(super::ws_frame(300).len(), 304);
-        let r = super::run(4, 100, 2).unwrap();
-        assert_eq!(r.frame_bytes, 102);
-        assert!(r.cpu_us_per_write >= 0.0);
+        for live in [false, true] {
+            let readers = super::Readers { live, writer_cpu: None, reader_cpu: None };
+            let r = super::run(4, 100, 2, readers).unwrap();
+            assert_eq!(r.frame_bytes, 102);
+            assert!(r.cpu_us_per_write >= 0.0);
+        }
     }
 }

@@ -114,6 +114,16 @@ struct FloorArgs {
     payload: usize,
     #[arg(long, default_value_t = 21)]
     rounds: usize,
+    /// Read the receivers from a thread blocked in epoll while writing (as
+    /// real clients are), instead of after each round.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    live_readers: bool,
+    /// CPU to pin the writing thread to.
+    #[arg(long)]
+    writer_cpu: Option<usize>,
+    /// CPU to pin the reading thread to.
+    #[arg(long)]
+    reader_cpu: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -135,13 +145,19 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(format!("bad worker spec: {e}")),
         },
         Command::Floor(args) => {
-            floor::run(args.sockets, args.payload, args.rounds).map_err(|e| e.to_string()).map(|report| {
+            floor::run(
+            args.sockets,
+            args.payload,
+            args.rounds,
+            floor::Readers { live: args.live_readers, writer_cpu: args.writer_cpu, reader_cpu: args.reader_cpu },
+        )
+        .map_err(|e| e.to_string()).map(|report| {
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
                 } else {
                     println!(
-                        "kernel floor: {:.2} µs CPU per {}-byte write to {} loopback sockets (median of {} rounds)",
-                        report.cpu_us_per_write, report.frame_bytes, report.sockets, report.rounds
+                        "kernel floor: {:.2} µs CPU per {}-byte write to {} loopback sockets (median of {} rounds, live readers: {})",
+                        report.cpu_us_per_write, report.frame_bytes, report.sockets, report.rounds, args.live_readers
                     );
                 }
             })

@@ -81,13 +81,22 @@ impl Session {
         let signin_deadline = Instant::now() + Duration::from_secs(signin_timeout);
         let mut last_seen = Instant::now();
         let mut ping_sent = false;
+        let conn = self.conn.clone();
+        let closing = conn.closing();
+        tokio::pin!(closing);
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        let mut shutdown_seen = false;
         loop {
             let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
             let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
             tokio::select! {
                 biased;
-                _ = self.conn.closing() => break,
-                _ = self.state.shutdown.cancelled() => self.conn.close(ErrorCode::RECONNECT),
+                _ = &mut closing => break,
+                _ = &mut shutdown, if !shutdown_seen => {
+                    shutdown_seen = true;
+                    self.conn.close(ErrorCode::RECONNECT);
+                }
                 frame = stream.next() => {
                     last_seen = Instant::now();
                     ping_sent = false;

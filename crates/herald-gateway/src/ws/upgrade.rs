@@ -91,7 +91,7 @@ fn ws_config(state: &State) -> WebSocketConfig {
     let max = state.config.max_frame_bytes;
     WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))

@@ -25,10 +25,12 @@ pub async fn run<S>(mut sink: S, mut queue: mpsc::Receiver<Frame>, conn: Arc<Con
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    let closing = conn.closing();
+    tokio::pin!(closing);
     loop {
         let first = tokio::select! {
             biased;
-            _ = conn.closing() => break,
+            _ = &mut closing => break,
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
@@ -46,7 +48,7 @@ where
         };
         let written = tokio::select! {
             result = write => result.is_ok(),
-            _ = conn.closing() => false,
+            _ = &mut closing => false,
         };
         if !written {
             break;
