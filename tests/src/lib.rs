@@ -50,21 +50,16 @@ impl TestServer {
 
     /// Connects with the default app's key and reads `connection_established`.
     pub async fn connect(&self) -> Client {
-        let mut client = Client::open(&self.ws_url(&self.app.key)).await;
-        let established = client.recv_event("pusher:connection_established").await;
-        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
-        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
-        client.app = self.app.clone();
-        client
+        Client::connect(&self.ws_url(&self.app.key), &self.app).await
     }
 
     pub fn rest(&self) -> Rest {
-        Rest { base: format!("http://{}", self.addr), app: self.app.clone(), http: reqwest::Client::new() }
+        Rest::new(self.addr, &self.app)
     }
 
     /// The Prometheus exposition text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
+        scrape(self.metrics_addr).await
     }
 
     /// Drains the node (as SIGTERM does).
@@ -101,7 +96,21 @@ pub enum Closed {
     NoCode,
 }
 
+/// The Prometheus exposition text served at `addr`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
 impl Client {
+    /// Opens `url` as `app`'s client and reads `connection_established`.
+    pub async fn connect(url: &str, app: &AppConfig) -> Self {
+        let mut client = Client::open(url).await;
+        let established = client.recv_event("pusher:connection_established").await;
+        client.socket_id = data(&established)["socket_id"].as_str().unwrap().to_string();
+        client.app = app.clone();
+        client
+    }
+
     pub async fn open(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
         Self { ws, socket_id: String::new(), app: AppConfig::default() }
@@ -240,6 +249,10 @@ pub struct Rest {
 }
 
 impl Rest {
+    pub fn new(addr: SocketAddr, app: &AppConfig) -> Self {
+        Self { base: format!("http://{addr}"), app: app.clone(), http: reqwest::Client::new() }
+    }
+
     fn now() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
     }
@@ -420,19 +433,15 @@ impl HeraldProcess {
 
     /// Connects and reads `connection_established`.
     pub async fn connect(&self) -> Client {
-        let mut client = Client::open(&self.ws_url()).await;
-        let established = client.recv_event("pusher:connection_established").await;
-        client.socket_id = data(&established)["socket_id"].as_str().unwrap().to_string();
-        client.app = self.app.clone();
-        client
+        Client::connect(&self.ws_url(), &self.app).await
     }
 
     pub fn rest(&self) -> Rest {
-        Rest { base: format!("http://{}", self.addr), app: self.app.clone(), http: reqwest::Client::new() }
+        Rest::new(self.addr, &self.app)
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
+        scrape(self.metrics_addr).await
     }
 }
 
