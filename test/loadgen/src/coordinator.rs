@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::hist::Histogram;
 use crate::procstat::{self, Sample};
 use crate::worker::{now_ns, Summary, EVENT};
 use crate::RunArgs;
@@ -37,6 +38,16 @@ struct Report {
     latency_us: Percentiles,
     round_completion_ms: Percentiles,
     server: Option<ServerCost>,
+    churn: Option<Churn>,
+}
+
+#[derive(Serialize)]
+struct Churn {
+    departures: usize,
+    newcomers: u64,
+    cleaned_ms: f64,
+    idle_newcomer_ms: Percentiles,
+    churn_newcomer_ms: Percentiles,
 }
 
 #[derive(Serialize, Default)]
@@ -59,6 +70,8 @@ enum FromWorker {
     Progress(usize, usize),
     Ready(Value),
     Summary(Box<Summary>),
+    Baseline(Box<Histogram>),
+    Churn(Box<Histogram>),
 }
 
 struct Worker {
@@ -93,6 +106,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                     FromWorker::Progress(index, n as usize)
                 } else if v.get("ready").is_some() {
                     FromWorker::Ready(v["ready"].clone())
+                } else if let Some(h) = v.get("baseline").and_then(|h| serde_json::from_value(h.clone()).ok()) {
+                    FromWorker::Baseline(Box::new(h))
+                } else if let Some(h) = v.get("churn").and_then(|h| serde_json::from_value(h.clone()).ok()) {
+                    FromWorker::Churn(Box::new(h))
                 } else if let Some(s) = v.get("summary") {
                     match serde_json::from_value(s.clone()) {
                         Ok(s) => FromWorker::Summary(Box::new(s)),
@@ -114,8 +131,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let mut progress = vec![0usize; workers];
     let mut report = Report { clients: args.clients, channels: args.channels, workers, ..Default::default() };
     let mut ready = 0;
+    let mut idle = Histogram::default();
     while ready < workers {
         match rx.recv().await.ok_or("a worker exited early")? {
+            FromWorker::Baseline(h) => idle.merge(&h),
             FromWorker::Progress(i, n) => {
                 progress[i] = n;
                 bar.set_position(progress.iter().sum::<usize>() as u64);
@@ -128,7 +147,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                     eprintln!("connect error (first of a worker): {e}");
                 }
             }
-            FromWorker::Summary(_) => {}
+            FromWorker::Summary(_) | FromWorker::Churn(_) => {}
         }
     }
     report.connect_secs = started.elapsed().as_secs_f64();
@@ -138,7 +157,36 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 
     let mut sent_ns = Vec::new();
     let mut after_broadcast = after_connect;
-    if args.broadcast {
+    if args.churn > 0 {
+        let started = Instant::now();
+        for w in &mut children {
+            let _ = w.stdin.write_all(b"churn\n").await;
+            let _ = w.stdin.flush().await;
+        }
+        let cleaned = wait_until_no_channels(&args).await?;
+        let cleaned_ms = cleaned.map_or(f64::NAN, |_| started.elapsed().as_secs_f64() * 1e3);
+        let mut during = Histogram::default();
+        let mut reported = 0;
+        while reported < workers {
+            if let FromWorker::Churn(h) = rx.recv().await.ok_or("a worker exited early")? {
+                during.merge(&h);
+                reported += 1;
+            }
+        }
+        let ms = |h: &Histogram| Percentiles {
+            p50: h.quantile(0.5) as f64 / 1e3,
+            p95: h.quantile(0.95) as f64 / 1e3,
+            p99: h.quantile(0.99) as f64 / 1e3,
+            max: h.max_us as f64 / 1e3,
+        };
+        report.churn = Some(Churn {
+            departures: report.connected,
+            newcomers: during.total(),
+            cleaned_ms,
+            idle_newcomer_ms: ms(&idle),
+            churn_newcomer_ms: ms(&during),
+        });
+    } else if args.broadcast {
         sent_ns = broadcast(&args).await?;
         tokio::time::sleep(Duration::from_millis(args.drain_ms)).await;
         after_broadcast = args.server_pid.and_then(procstat::sample);
@@ -186,10 +234,40 @@ fn bar(len: u64, what: &'static str, hidden: bool) -> ProgressBar {
     bar
 }
 
+/// A signed REST URL for `method path` with `params` and `body`.
+fn signed_url(
+    args: &RunArgs,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: &[u8],
+) -> Result<String, String> {
+    let rest = args.rest_url.clone().unwrap_or_else(|| args.url[0].replacen("ws://", "http://", 1));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let query = sign_request(method, path, &args.app_key, &args.app_secret, now, params, body);
+    Ok(format!("{rest}{path}?{}", serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?))
+}
+
+/// Polls `GET /channels` until no channel of this run is occupied (60 s at most).
+async fn wait_until_no_channels(args: &RunArgs) -> Result<Option<()>, String> {
+    let http = reqwest::Client::new();
+    let path = format!("/apps/{}/channels", args.app_id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let url = signed_url(args, "GET", &path, &[("filter_by_prefix", &args.channel_prefix)], b"")?;
+        let body: Value =
+            http.get(url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+        if body["channels"].as_object().is_some_and(|c| c.is_empty()) {
+            return Ok(Some(()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
+}
+
 /// Triggers every round; returns the send time (unix ns) of each round's first message.
 async fn broadcast(args: &RunArgs) -> Result<Vec<u64>, String> {
     let http = reqwest::Client::new();
-    let rest = args.rest_url.clone().unwrap_or_else(|| args.url[0].replacen("ws://", "http://", 1));
     let channels: Vec<String> = (0..args.channels.max(1)).map(|c| format!("{}{c}", args.channel_prefix)).collect();
     let path = format!("/apps/{}/events", args.app_id);
     let bar = bar(args.rounds as u64, "broadcasting", args.json);
@@ -201,9 +279,7 @@ async fn broadcast(args: &RunArgs) -> Result<Vec<u64>, String> {
             for chunk in channels.chunks(100) {
                 let data = json!({"r": r, "b": b, "t": now_ns(), "pad": args.message}).to_string();
                 let body = json!({"name": EVENT, "channels": chunk, "data": data}).to_string();
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let query = sign_request("POST", &path, &args.app_key, &args.app_secret, now, &[], body.as_bytes());
-                let url = format!("{rest}{path}?{}", serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?);
+                let url = signed_url(args, "POST", &path, &[], body.as_bytes())?;
                 let response = http
                     .post(url)
                     .header("content-type", "application/json")
@@ -237,7 +313,7 @@ fn fill(
     after_connect: Option<Sample>,
     after_broadcast: Option<Sample>,
 ) {
-    report.rounds = if args.broadcast { args.rounds } else { 0 };
+    report.rounds = if args.broadcast && args.churn == 0 { args.rounds } else { 0 };
     report.burst = args.burst.max(1);
     report.frame_payload_bytes = args.message.len();
     report.expected_deliveries = (report.connected * report.rounds * report.burst) as u64;
@@ -289,6 +365,14 @@ fn print_human(r: &Report) {
         println!("latency µs: p50 {} p95 {} p99 {} max {}", l.p50, l.p95, l.p99, l.max);
         let c = &r.round_completion_ms;
         println!("round completion ms: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}", c.p50, c.p95, c.p99, c.max);
+    }
+    if let Some(c) = &r.churn {
+        println!(
+            "churn: {} departures fully cleaned in {:.0} ms; {} newcomers, connection_established p50/p99/max {:.1}/{:.1}/{:.1} ms (idle server: {:.1}/{:.1}/{:.1} ms)",
+            c.departures, c.cleaned_ms, c.newcomers,
+            c.churn_newcomer_ms.p50, c.churn_newcomer_ms.p99, c.churn_newcomer_ms.max,
+            c.idle_newcomer_ms.p50, c.idle_newcomer_ms.p99, c.idle_newcomer_ms.max
+        );
     }
     if let Some(s) = &r.server {
         println!(

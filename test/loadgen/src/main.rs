@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// Milliseconds to wait for late deliveries after the last round.
     #[arg(long, default_value_t = 5000)]
     pub drain_ms: u64,
+    /// Churn test: after connecting, every client leaves at once while this
+    /// many newcomers connect; reports cleanup time and newcomer latency
+    /// (against the same newcomers on the idle server before). Skips broadcasts.
+    #[arg(long, default_value_t = 0)]
+    pub churn: usize,
     /// PID of the server, to sample its CPU time and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,

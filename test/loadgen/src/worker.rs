@@ -65,7 +65,36 @@ fn emit(line: Value) {
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// Connects `n` newcomers (ids from `first`) and times each until
+/// `connection_established`; returns the histogram (µs) and the sockets.
+async fn newcomers(args: &RunArgs, first: usize, n: usize) -> (Histogram, Vec<Ws>) {
+    let results: Vec<Result<(u64, Ws), String>> = stream::iter(first..first + n)
+        .map(|i| async move {
+            let started = Instant::now();
+            let ws = handshake(args, i).await?;
+            Ok((started.elapsed().as_micros() as u64, ws))
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let mut hist = Histogram::default();
+    let mut sockets = Vec::new();
+    for (us, ws) in results.into_iter().flatten() {
+        hist.record(us);
+        sockets.push(ws);
+    }
+    (hist, sockets)
+}
+
 pub async fn run(args: RunArgs, index: usize, count: usize) -> Result<(), String> {
+    let churn_share = (index..args.churn).step_by(count).count();
+    let churn_first = args.clients + index * churn_share;
+    if churn_share > 0 {
+        let (idle, sockets) = newcomers(&args, churn_first, churn_share).await;
+        drop(sockets);
+        emit(json!({"baseline": idle}));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let started = Instant::now();
     let connected = Arc::new(AtomicUsize::new(0));
     let progress = {
@@ -105,10 +134,28 @@ pub async fn run(args: RunArgs, index: usize, count: usize) -> Result<(), String
         json!({"ready": {"connected": sockets.len(), "failed": errors.len(), "secs": secs, "first_error": errors.first()}}),
     );
 
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    if args.churn > 0 {
+        while let Ok(Some(line)) = stdin.next_line().await {
+            if line.trim() == "churn" {
+                break;
+            }
+        }
+        drop(sockets);
+        let (during, arrived) = newcomers(&args, churn_first, churn_share).await;
+        emit(json!({"churn": during}));
+        while let Ok(Some(line)) = stdin.next_line().await {
+            if line.trim() == "done" {
+                break;
+            }
+        }
+        drop(arrived);
+        emit(json!({"summary": Summary::new(args.rounds)}));
+        return Ok(());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let readers: Vec<_> =
         sockets.into_iter().map(|ws| tokio::spawn(receive(ws, args.rounds, args.burst, stop_rx.clone()))).collect();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = stdin.next_line().await {
         if line.trim() == "done" {
             break;
@@ -128,6 +175,16 @@ pub async fn run(args: RunArgs, index: usize, count: usize) -> Result<(), String
 /// Connects client `i` from its source address, reads
 /// `connection_established` and subscribes to its channel.
 async fn open(args: &RunArgs, i: usize) -> Result<Ws, String> {
+    let mut ws = handshake(args, i).await?;
+    let channel = format!("{}{}", args.channel_prefix, i % args.channels.max(1));
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    ws.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
+    next_json(&mut ws, "pusher_internal:subscription_succeeded").await?;
+    Ok(ws)
+}
+
+/// Connects client `i` and reads `connection_established`.
+async fn handshake(args: &RunArgs, i: usize) -> Result<Ws, String> {
     let base = &args.url[i % args.url.len()];
     let url =
         format!("{}/app/{}?protocol=7&client=herald-loadgen&version=0.1", base.trim_end_matches('/'), args.app_key);
@@ -145,10 +202,6 @@ async fn open(args: &RunArgs, i: usize) -> Result<Ws, String> {
     let stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| format!("handshake: {e}"))?;
     next_json(&mut ws, "pusher:connection_established").await?;
-    let channel = format!("{}{}", args.channel_prefix, i % args.channels.max(1));
-    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-    ws.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
-    next_json(&mut ws, "pusher_internal:subscription_succeeded").await?;
     Ok(ws)
 }
 
