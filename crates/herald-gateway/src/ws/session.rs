@@ -36,11 +36,13 @@ where
     let app = match admission {
         Admission::Accept(app) => app,
         Admission::Refuse(code) => {
+            tracing::debug!(code = code.as_u16(), "connection refused");
             conn.close(code);
             writer::run(sink, queue, conn).await;
             return;
         }
     };
+    tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
     let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
     app.namespace.add_connection(conn.clone());
     app.metrics.connection_opened();
@@ -56,6 +58,8 @@ where
     };
     session.read(stream).await;
 
+    let close_code = conn.close_requested().map(|c| c.as_u16());
+    tracing::debug!(app = %app.config.id, %socket_id, ?close_code, "connection closed");
     state.cleanup.depart(&app.namespace, conn).await;
     app.metrics.connection_closed();
     let _ = writer.await;
