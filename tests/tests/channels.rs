@@ -195,3 +195,19 @@ async fn disconnect_leaves_nothing_behind() {
     let (_, users) = server.rest().get("/channels/presence-z/users", &[]).await;
     assert_eq!(users, json!({"users": [{"id": "w"}]}));
 }
+
+#[tokio::test]
+async fn a_connection_may_join_a_bounded_number_of_channels() {
+    let server = TestServer::with(|c| c.apps[0].max_channels_per_connection = 3).await;
+    let mut client = server.connect().await;
+    for i in 0..3 {
+        assert_eq!(client.subscribe(&format!("c{i}")).await["event"], "pusher_internal:subscription_succeeded");
+    }
+    let refused = client.subscribe("c3").await;
+    assert_eq!(refused["event"], "pusher:subscription_error");
+    assert_eq!(refused["data"]["type"], "LimitReached");
+    // Re-subscribing to a joined channel is still harmless, and leaving frees a place.
+    assert_eq!(client.subscribe("c0").await["event"], "pusher_internal:subscription_succeeded");
+    client.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "c1"}})).await;
+    assert_eq!(client.subscribe("c3").await["event"], "pusher_internal:subscription_succeeded");
+}

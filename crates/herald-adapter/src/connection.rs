@@ -131,6 +131,11 @@ impl Connection {
         self.state.lock().channels.remove(channel)
     }
 
+    /// How many channels this connection has joined.
+    pub fn channel_count(&self) -> usize {
+        self.state.lock().channels.len()
+    }
+
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.state.lock().channels.contains(channel)
     }

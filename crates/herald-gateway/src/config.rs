@@ -151,6 +151,8 @@ pub struct AppConfig {
     pub max_batch_size: usize,
     /// Seconds a connection has to sign in; 0 means sign-in is optional.
     pub user_authentication_timeout: u64,
+    /// Channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
     /// Where this app's webhooks go.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -181,6 +183,7 @@ impl Default for AppConfig {
             max_event_channels: 100,
             max_batch_size: 10,
             user_authentication_timeout: 0,
+            max_channels_per_connection: 1000,
             webhooks: Vec::new(),
         }
     }

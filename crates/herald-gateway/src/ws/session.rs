@@ -184,6 +184,11 @@ impl Session {
             }
         };
         let config = &self.app.config;
+        if self.conn.channel_count() >= config.max_channels_per_connection && !self.conn.is_subscribed(channel) {
+            self.app.metrics.rejected(Rejection::BadRequest);
+            let text = format!("a connection may join at most {} channels", config.max_channels_per_connection);
+            return self.subscription_error(channel, "LimitReached", &text, 400);
+        }
         if name.requires_auth() {
             let socket_id = self.conn.socket_id.to_string();
             let data = if name.kind() == ChannelKind::Presence { channel_data } else { None };
