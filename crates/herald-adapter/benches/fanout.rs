@@ -79,5 +79,48 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout);
+/// The same fan-out with a task awaiting every queue, as in the server: each
+/// enqueue now also wakes and schedules that connection's task.
+fn fanout_waking(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_waking");
+    group.measurement_time(Duration::from_secs(3));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for subscribers in [10_000usize, 19_000] {
+        group.throughput(Throughput::Elements(subscribers as u64));
+        let mut s = setup(AppMetrics::noop(), subscribers, 1);
+        let queues = std::mem::take(&mut s.queues);
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        runtime.block_on(async {
+            for mut q in queues {
+                let received = received.clone();
+                tokio::spawn(async move {
+                    while q.recv().await.is_some() {
+                        received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            tokio::task::yield_now().await;
+        });
+        group.bench_function(BenchmarkId::new("1ch", subscribers), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let before = received.load(std::sync::atomic::Ordering::Relaxed);
+                        let started = Instant::now();
+                        black_box(s.ns.broadcast(&s.channels[0], &s.frames[0], None));
+                        total += started.elapsed();
+                        while received.load(std::sync::atomic::Ordering::Relaxed) < before + subscribers {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    total
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout, fanout_waking);
 criterion_main!(benches);
