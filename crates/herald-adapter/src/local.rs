@@ -32,11 +32,6 @@ impl LocalAdapter {
     fn ns(&self, app_id: &str) -> Result<&Arc<Namespace>, AdapterError> {
         self.namespace(app_id).ok_or_else(|| AdapterError::UnknownApp(app_id.to_string()))
     }
-
-    /// Every namespace (for shutdown and stats).
-    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<Namespace>> {
-        self.namespaces.values()
-    }
 }
 
 #[async_trait]

@@ -145,10 +145,6 @@ impl Namespace {
         self.sockets.lock().insert(conn.socket_id, conn);
     }
 
-    pub fn connection(&self, socket_id: SocketId) -> Option<Arc<Connection>> {
-        self.sockets.lock().get(&socket_id).cloned()
-    }
-
     pub fn connection_count(&self) -> usize {
         self.sockets.lock().len()
     }

@@ -55,8 +55,4 @@ impl Apps {
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key)
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.by_id.values()
-    }
 }

@@ -260,17 +260,6 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
-/// Environment variables that configure the default app (no config file apps).
-pub const DEFAULT_APP_ENV: [&str; 7] = [
-    "HERALD_APP_ID",
-    "HERALD_APP_KEY",
-    "HERALD_APP_SECRET",
-    "HERALD_APP_CLIENT_EVENTS",
-    "HERALD_APP_MAX_CONNECTIONS",
-    "HERALD_APP_WEBHOOK_URL",
-    "HERALD_APP_WEBHOOK_EVENTS",
-];
-
 impl Config {
     /// Resolves defaults ← file ← env ← CLI. `env` is the process
     /// environment (passed in so tests need not mutate it).
