@@ -8,6 +8,7 @@
 
 mod adapter;
 mod connection;
+pub mod fabric;
 mod lifecycle;
 mod local;
 mod namespace;
