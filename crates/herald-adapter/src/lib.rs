@@ -1,25 +1,28 @@
-//! Who is connected, who is subscribed where, and how a frame reaches them.
+//! Who is connected, who is subscribed where, and how a frame reaches them —
+//! on one node or across a cluster.
 //!
-//! [`LocalAdapter`] holds this node's state: one [`Namespace`] per app with its
-//! sockets, channels, presence members, signed-in users and cache. The
-//! [`Adapter`] trait is what the gateway talks to; the local adapter is one
-//! implementation, and fabric adapters (Redis, Redis Cluster, NATS) serialize
-//! once, publish, and delegate delivery on every node to the local adapter.
+//! [`LocalAdapter`] holds this node's state: one [`Namespace`] per app.
+//! [`ClusterAdapter`] wraps it for a cluster: it serializes each event once,
+//! publishes it on a fabric ([`redis`], [`redis_cluster`], [`nats`]), and
+//! every node hands the bytes to its local adapter for the fan-out. The
+//! [`Adapter`] trait is all the gateway and the cleanup workers see.
 
 mod adapter;
 mod connection;
 pub mod fabric;
 mod lifecycle;
 mod local;
-mod namespace;
+mod replica;
 
-pub use adapter::{Adapter, AdapterError, ChannelSummary};
+pub use adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
 pub use connection::{Connection, Frame, SendOutcome, SignedIn};
+pub use fabric::{ClusterAdapter, ClusterConfig};
 pub use lifecycle::{Lifecycle, NoLifecycle};
-pub use local::LocalAdapter;
-pub use namespace::{
-    CachedEvent, Departure, Namespace, PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture,
+pub use local::{
+    send_counted, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, PresenceFull, SignInOutcome, SubscribeOutcome,
+    UnsubscribeOutcome, UserDeparture, CACHE_TTL,
 };
+pub use replica::{Change, NodeAppState, NodeId, Replica, SingleNode};
 
 /// Makes a text frame from serialized JSON; clone it per recipient (a
 /// reference-count bump, not a copy).

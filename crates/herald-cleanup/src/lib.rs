@@ -2,10 +2,11 @@
 //!
 //! When a connection ends, its task hands it to a [`CleanupPool`] and is done:
 //! the connection is marked leaving at once (it receives nothing more) and a
-//! worker removes it later, batching removals per app so each lock is taken
-//! once per batch, never across an `.await`. The consequences (presence
-//! `member_removed`, watchlist `offline`, webhooks) are handed to an
-//! [`Announcer`] after the locks are released.
+//! worker removes it later through the [`Adapter`], batching removals per
+//! app so each of the adapter's locks is taken once per batch, never across
+//! an `.await`. The adapter announces the cluster-wide consequences
+//! (presence `member_removed`, watchlist `offline`, webhooks) itself; what
+//! each departure changed is then handed to an [`Announcer`] (metrics).
 //!
 //! Every queue is bounded. When a worker's queue is full the departure is
 //! cleaned synchronously by the caller (counted as a fallback), so no path
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_adapter::{Connection, Departure, Namespace};
+use herald_adapter::{Adapter, Connection, Departure};
 use metrics_handles::CleanupMetrics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ pub mod metrics_handles {
 /// Tells the rest of the world what a departure changed.
 #[async_trait]
 pub trait Announcer: Send + Sync + 'static {
-    async fn announce(&self, namespace: &Arc<Namespace>, departure: Departure);
+    async fn announce(&self, app_id: &str, departure: Departure);
 }
 
 /// Pool sizing.
@@ -69,9 +70,9 @@ impl Default for CleanupConfig {
     }
 }
 
-/// One connection to remove from one namespace.
+/// One connection of one app to remove.
 struct Job {
-    namespace: Arc<Namespace>,
+    app_id: Arc<str>,
     conn: Arc<Connection>,
 }
 
@@ -79,6 +80,7 @@ struct Job {
 pub struct CleanupPool {
     queues: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
+    adapter: Arc<dyn Adapter>,
     announcer: Arc<dyn Announcer>,
     metrics: CleanupMetrics,
     stop: CancellationToken,
@@ -88,7 +90,12 @@ pub struct CleanupPool {
 
 impl CleanupPool {
     /// Starts the workers (needs a Tokio runtime).
-    pub fn start(config: CleanupConfig, announcer: Arc<dyn Announcer>, metrics: CleanupMetrics) -> Self {
+    pub fn start(
+        config: CleanupConfig,
+        adapter: Arc<dyn Adapter>,
+        announcer: Arc<dyn Announcer>,
+        metrics: CleanupMetrics,
+    ) -> Self {
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -100,6 +107,7 @@ impl CleanupPool {
                 let (tx, rx) = mpsc::channel(config.queue_size.max(1));
                 let worker = Worker {
                     queue: rx,
+                    adapter: adapter.clone(),
                     announcer: announcer.clone(),
                     metrics: metrics.clone(),
                     batch_size: config.batch_size.max(1),
@@ -111,15 +119,24 @@ impl CleanupPool {
             })
             .collect();
         tasks.close();
-        Self { queues, next: AtomicUsize::new(0), announcer, metrics, stop, closed: AtomicBool::new(false), tasks }
+        Self {
+            queues,
+            next: AtomicUsize::new(0),
+            adapter,
+            announcer,
+            metrics,
+            stop,
+            closed: AtomicBool::new(false),
+            tasks,
+        }
     }
 
     /// Hands a departed connection to a worker. It is marked leaving now; if
     /// every place in its worker's queue is taken (or the pool is shutting
     /// down) it is cleaned right here instead.
-    pub async fn depart(&self, namespace: &Arc<Namespace>, conn: Arc<Connection>) {
+    pub async fn depart(&self, app_id: &Arc<str>, conn: Arc<Connection>) {
         conn.mark_leaving();
-        let job = Job { namespace: namespace.clone(), conn };
+        let job = Job { app_id: app_id.clone(), conn };
         let job = if self.closed.load(Ordering::Acquire) {
             job
         } else {
@@ -134,9 +151,8 @@ impl CleanupPool {
             }
         };
         self.metrics.sync_fallbacks.increment(1);
-        let departure = job.namespace.remove_connection(&job.conn);
         self.metrics.processed.increment(1);
-        self.announcer.announce(&job.namespace, departure).await;
+        remove(&*self.adapter, &*self.announcer, &job.app_id, &[job.conn]).await;
     }
 
     /// Stops taking work, lets workers finish what is queued, and waits for
@@ -148,8 +164,21 @@ impl CleanupPool {
     }
 }
 
+/// Removes one app's departed connections and announces each departure.
+async fn remove(adapter: &dyn Adapter, announcer: &dyn Announcer, app_id: &str, conns: &[Arc<Connection>]) {
+    match adapter.remove_connections(app_id, conns).await {
+        Ok(departures) => {
+            for departure in departures {
+                announcer.announce(app_id, departure).await;
+            }
+        }
+        Err(e) => tracing::error!(app = app_id, error = %e, "cleanup failed"),
+    }
+}
+
 struct Worker {
     queue: mpsc::Receiver<Job>,
+    adapter: Arc<dyn Adapter>,
     announcer: Arc<dyn Announcer>,
     metrics: CleanupMetrics,
     batch_size: usize,
@@ -194,16 +223,13 @@ impl Worker {
         }
         self.metrics.queue_depth.decrement(batch.len() as f64);
         self.metrics.processed.increment(batch.len() as u64);
-        batch.sort_by(|a, b| a.namespace.app_id.cmp(&b.namespace.app_id));
+        batch.sort_by(|a, b| a.app_id.cmp(&b.app_id));
         let mut start = 0;
         while start < batch.len() {
-            let ns = batch[start].namespace.clone();
-            let end = start + batch[start..].iter().take_while(|j| Arc::ptr_eq(&j.namespace, &ns)).count();
-            let conns: Vec<&Connection> = batch[start..end].iter().map(|j| &*j.conn).collect();
-            let departures = ns.remove_connections(&conns);
-            for departure in departures {
-                self.announcer.announce(&ns, departure).await;
-            }
+            let app_id = batch[start].app_id.clone();
+            let end = start + batch[start..].iter().take_while(|j| j.app_id == app_id).count();
+            let conns: Vec<Arc<Connection>> = batch[start..end].iter().map(|j| j.conn.clone()).collect();
+            remove(&*self.adapter, &*self.announcer, &app_id, &conns).await;
             start = end;
         }
         batch.clear();
@@ -213,7 +239,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_adapter::NoLifecycle;
+    use herald_adapter::{LocalAdapter, NamespaceSpec, NoLifecycle, Subscription};
     use herald_metrics::Metrics;
     use herald_protocol::SocketId;
     use std::sync::atomic::AtomicUsize;
@@ -223,40 +249,39 @@ mod tests {
 
     #[async_trait]
     impl Announcer for Count {
-        async fn announce(&self, _: &Arc<Namespace>, departure: Departure) {
+        async fn announce(&self, _: &str, departure: Departure) {
             self.0.fetch_add(departure.channels.len(), Ordering::Relaxed);
         }
     }
 
-    fn namespace(metrics: &Metrics) -> Arc<Namespace> {
-        Arc::new(Namespace::new("app", metrics.app("app"), Arc::new(NoLifecycle)))
-    }
-
-    async fn run(config: CleanupConfig, n: u64) -> (Arc<Namespace>, Arc<Count>, Metrics) {
+    async fn run(config: CleanupConfig, n: u64) -> (Arc<LocalAdapter>, Arc<Count>, Metrics) {
         let metrics = Metrics::new("test");
-        let ns = namespace(&metrics);
+        let spec = NamespaceSpec { app_id: "app".into(), metrics: metrics.app("app"), lifecycle: Arc::new(NoLifecycle) };
+        let adapter = Arc::new(LocalAdapter::new([spec]));
         let count = Arc::new(Count::default());
-        let pool = CleanupPool::start(config, count.clone(), CleanupMetrics::from_node(metrics.node()));
+        let pool = CleanupPool::start(config, adapter.clone(), count.clone(), CleanupMetrics::from_node(metrics.node()));
+        let app: Arc<str> = Arc::from("app");
         let mut conns = Vec::new();
+        let request = Subscription { channel: "c".into(), member: None, max_members: 100, is_cache: false };
         for i in 0..n {
             let (conn, rx) = Connection::new(SocketId { major: 9, minor: i }, 8);
-            ns.add_connection(conn.clone());
-            ns.subscribe(&conn, "c", None, 100, false).unwrap();
+            adapter.add_connection("app", conn.clone()).unwrap();
+            adapter.subscribe("app", &conn, request.clone()).await.unwrap();
             conns.push((conn, rx));
         }
         for (conn, _) in &conns {
-            pool.depart(&ns, conn.clone()).await;
+            pool.depart(&app, conn.clone()).await;
             assert!(conn.is_closing());
         }
         assert!(pool.shutdown(Duration::from_secs(5)).await);
-        (ns, count, metrics)
+        (adapter, count, metrics)
     }
 
     #[tokio::test]
     async fn workers_clean_everything() {
-        let (ns, count, metrics) = run(CleanupConfig { workers: 2, ..Default::default() }, 1000).await;
-        assert_eq!(ns.connection_count(), 0);
-        assert!(ns.channels().is_empty());
+        let (adapter, count, metrics) = run(CleanupConfig { workers: 2, ..Default::default() }, 1000).await;
+        assert_eq!(adapter.connection_count("app").unwrap(), 0);
+        assert!(adapter.local_channels("app").unwrap().is_empty());
         assert_eq!(count.0.load(Ordering::Relaxed), 1000);
         let text = metrics.render();
         assert!(text.contains("herald_cleanup_processed_total{node=\"test\"} 1000"), "{text}");
@@ -266,9 +291,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn full_queue_falls_back_to_synchronous_cleanup() {
         let config = CleanupConfig { workers: 1, queue_size: 1, batch_size: 1, batch_timeout: Duration::ZERO };
-        let (ns, count, metrics) = run(config, 200).await;
-        assert_eq!(ns.connection_count(), 0);
-        assert!(ns.channels().is_empty());
+        let (adapter, count, metrics) = run(config, 200).await;
+        assert_eq!(adapter.connection_count("app").unwrap(), 0);
+        assert!(adapter.local_channels("app").unwrap().is_empty());
         assert_eq!(count.0.load(Ordering::Relaxed), 200);
         let text = metrics.render();
         let fallbacks: f64 = text

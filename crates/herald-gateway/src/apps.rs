@@ -4,16 +4,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use herald_adapter::{LocalAdapter, Namespace};
+use herald_adapter::NamespaceSpec;
 use herald_metrics::{AppMetrics, Metrics};
 
 use crate::config::AppConfig;
 use crate::webhooks::{self, AppWebhooks};
 
-/// One app with its state and metric handles.
+/// One app with its metric handles and webhook targets. Its state lives in
+/// the adapter, under `id`.
 pub struct App {
+    pub id: Arc<str>,
     pub config: AppConfig,
-    pub namespace: Arc<Namespace>,
     pub metrics: AppMetrics,
     pub webhooks: Arc<AppWebhooks>,
 }
@@ -25,27 +26,30 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// Registers each app's metrics, starts its webhook targets and builds
-    /// the local adapter's namespaces.
+    /// Registers each app's metrics and starts its webhook targets; returns
+    /// the apps and what the adapter needs to build their namespaces.
     pub fn build(
         configs: &[AppConfig],
         metrics: &Metrics,
         settings: webhooks::Settings,
         runtime: &webhooks::Runtime,
-    ) -> (Self, LocalAdapter) {
+    ) -> (Self, Vec<NamespaceSpec>) {
         let mut by_id = HashMap::new();
         let mut by_key = HashMap::new();
-        let mut namespaces = Vec::new();
+        let mut specs = Vec::new();
         for config in configs {
             let metrics = metrics.app(&config.id);
             let webhooks = AppWebhooks::start(config, settings, metrics.clone(), runtime);
-            let namespace = Arc::new(Namespace::new(&config.id, metrics.clone(), webhooks.clone()));
-            namespaces.push(namespace.clone());
-            let app = Arc::new(App { config: config.clone(), namespace, metrics, webhooks });
+            specs.push(NamespaceSpec {
+                app_id: config.id.clone(),
+                metrics: metrics.clone(),
+                lifecycle: webhooks.clone(),
+            });
+            let app = Arc::new(App { id: config.id.as_str().into(), config: config.clone(), metrics, webhooks });
             by_key.insert(config.key.clone(), app.clone());
             by_id.insert(config.id.clone(), app);
         }
-        (Self { by_id, by_key }, LocalAdapter::new(namespaces))
+        (Self { by_id, by_key }, specs)
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {

@@ -6,6 +6,7 @@
 //! thin wrapper that reads the config and waits for a signal.
 
 pub mod apps;
+mod cluster;
 pub mod config;
 mod hub;
 pub mod logging;

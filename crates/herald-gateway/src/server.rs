@@ -47,7 +47,7 @@ impl Server {
             tokio::spawn(warp::serve(public).incoming(listener).graceful(async move { stop.cancelled().await }).run()),
             tokio::spawn(serve_metrics(state.clone(), metrics_listener)),
         ];
-        tracing::info!(%addr, %metrics_addr, node = %state.config.node_id, "herald listening");
+        tracing::info!(%addr, %metrics_addr, node = %state.config.node_id, adapter = state.adapter.kind(), "herald listening");
         Ok(Self { state, addr, metrics_addr, http })
     }
 
@@ -76,6 +76,8 @@ impl Server {
         if !self.state.cleanup.shutdown(grace).await {
             tracing::warn!("cleanup queues not drained within the grace period");
         }
+        // Departures are published; now say goodbye so peers update at once.
+        self.state.adapter.shutdown().await;
         let hooks = &self.state.webhooks;
         hooks.stop.cancel();
         hooks.tasks.close();
@@ -112,6 +114,8 @@ fn health_routes(state: Arc<State>) -> impl Filter<Extract = (Response<Bytes>,),
     let ready = warp::path!("ready").and(warp::get()).map(move || {
         if state.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else if !state.adapter.is_ready() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "cluster fabric unreachable")
         } else {
             text(StatusCode::OK, "READY")
         }

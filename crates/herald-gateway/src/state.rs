@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use herald_adapter::{Adapter, Departure, Namespace};
+use herald_adapter::{Adapter, Departure};
 use herald_cleanup::metrics_handles::CleanupMetrics;
 use herald_cleanup::{Announcer, CleanupConfig, CleanupPool};
 use herald_metrics::Metrics;
@@ -42,8 +42,8 @@ impl State {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         };
-        let (apps, local) = Apps::build(&config.apps, &metrics, webhooks::Settings::from_config(&config), &webhooks);
-        let adapter: Arc<dyn Adapter> = Arc::new(local);
+        let (apps, specs) = Apps::build(&config.apps, &metrics, webhooks::Settings::from_config(&config), &webhooks);
+        let adapter = crate::cluster::build_adapter(&config, specs, &metrics);
         let cleanup_config = CleanupConfig {
             workers: config.cleanup_workers,
             queue_size: config.cleanup_queue,
@@ -52,7 +52,12 @@ impl State {
         };
         let cleanup_metrics = CleanupMetrics::from_node(metrics.node());
         Arc::new_cyclic(|state: &Weak<State>| Self {
-            cleanup: CleanupPool::start(cleanup_config, Arc::new(HubAnnouncer(state.clone())), cleanup_metrics),
+            cleanup: CleanupPool::start(
+                cleanup_config,
+                adapter.clone(),
+                Arc::new(HubAnnouncer(state.clone())),
+                cleanup_metrics,
+            ),
             config,
             apps,
             adapter,
@@ -75,15 +80,15 @@ impl State {
     }
 }
 
-/// Announces cleaned-up departures through the hub.
+/// Counts cleaned-up departures through the hub.
 struct HubAnnouncer(Weak<State>);
 
 #[async_trait]
 impl Announcer for HubAnnouncer {
-    async fn announce(&self, namespace: &Arc<Namespace>, departure: Departure) {
+    async fn announce(&self, app_id: &str, departure: Departure) {
         let Some(state) = self.0.upgrade() else { return };
-        if let Some(app) = state.apps.by_id(&namespace.app_id) {
-            crate::hub::departed(&state, app, departure).await;
+        if let Some(app) = state.apps.by_id(app_id) {
+            crate::hub::departed(app, &departure);
         }
     }
 }

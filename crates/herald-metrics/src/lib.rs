@@ -343,6 +343,7 @@ impl AppHandles {
 }
 
 /// Handles for work that belongs to the node, not an app.
+#[derive(Clone)]
 pub struct NodeMetrics {
     pub cleanup_queue_depth: Gauge,
     pub cleanup_sync_fallbacks: Counter,
@@ -350,6 +351,11 @@ pub struct NodeMetrics {
     pub fabric_messages_in: Counter,
     pub fabric_messages_out: Counter,
     pub fabric_errors: Counter,
+    pub fabric_up: Gauge,
+    pub fabric_inbound_dropped: Counter,
+    pub fabric_partial_answers: Counter,
+    pub fabric_resyncs: Counter,
+    pub cluster_nodes: Gauge,
     pub unknown_app_rejections: Counter,
 }
 
@@ -362,6 +368,11 @@ impl NodeMetrics {
             fabric_messages_in: counter(r, FABRIC_MESSAGES_IN_TOTAL, &[]),
             fabric_messages_out: counter(r, FABRIC_MESSAGES_OUT_TOTAL, &[]),
             fabric_errors: counter(r, FABRIC_ERRORS_TOTAL, &[]),
+            fabric_up: gauge(r, FABRIC_UP, &[]),
+            fabric_inbound_dropped: counter(r, FABRIC_INBOUND_DROPPED_TOTAL, &[]),
+            fabric_partial_answers: counter(r, FABRIC_PARTIAL_ANSWERS_TOTAL, &[]),
+            fabric_resyncs: counter(r, FABRIC_RESYNCS_TOTAL, &[]),
+            cluster_nodes: gauge(r, CLUSTER_NODES, &[]),
             unknown_app_rejections: counter(r, REJECTIONS_TOTAL, &[("app_id", ""), ("reason", "unknown_app")]),
         }
     }

@@ -30,6 +30,11 @@ pub const CLEANUP_PROCESSED_TOTAL: &str = "herald_cleanup_processed_total";
 pub const FABRIC_MESSAGES_IN_TOTAL: &str = "herald_fabric_messages_in_total";
 pub const FABRIC_MESSAGES_OUT_TOTAL: &str = "herald_fabric_messages_out_total";
 pub const FABRIC_ERRORS_TOTAL: &str = "herald_fabric_errors_total";
+pub const FABRIC_UP: &str = "herald_fabric_up";
+pub const FABRIC_INBOUND_DROPPED_TOTAL: &str = "herald_fabric_inbound_dropped_total";
+pub const FABRIC_PARTIAL_ANSWERS_TOTAL: &str = "herald_fabric_partial_answers_total";
+pub const FABRIC_RESYNCS_TOTAL: &str = "herald_fabric_resyncs_total";
+pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
 
 /// (name, kind, unit, help) of every metric.
 pub const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
@@ -77,5 +82,25 @@ pub const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (CLEANUP_PROCESSED_TOTAL, Kind::Counter, None, "Disconnects cleaned up."),
     (FABRIC_MESSAGES_IN_TOTAL, Kind::Counter, None, "Messages received from the cluster fabric."),
     (FABRIC_MESSAGES_OUT_TOTAL, Kind::Counter, None, "Messages published to the cluster fabric."),
-    (FABRIC_ERRORS_TOTAL, Kind::Counter, None, "Cluster fabric errors."),
+    (FABRIC_ERRORS_TOTAL, Kind::Counter, None, "Cluster fabric errors (failed publishes, undecodable messages)."),
+    (FABRIC_UP, Kind::Gauge, None, "1 while the cluster fabric is reachable and subscribed, 0 while it is not."),
+    (
+        FABRIC_INBOUND_DROPPED_TOTAL,
+        Kind::Counter,
+        None,
+        "Fabric messages dropped because this node's inbound queue was full.",
+    ),
+    (
+        FABRIC_PARTIAL_ANSWERS_TOTAL,
+        Kind::Counter,
+        None,
+        "Cluster questions answered without every node (a node missed the request deadline).",
+    ),
+    (
+        FABRIC_RESYNCS_TOTAL,
+        Kind::Counter,
+        None,
+        "Snapshots requested from peers (new node, or a gap in its replicated changes).",
+    ),
+    (CLUSTER_NODES, Kind::Gauge, None, "Live nodes in the cluster as this node sees them, itself included."),
 ];

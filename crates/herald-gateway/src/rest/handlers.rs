@@ -13,7 +13,6 @@ use warp::http::StatusCode;
 
 use super::ApiError;
 use crate::apps::App;
-use crate::hub;
 use crate::state::State;
 
 /// One event as `events` and each `batch_events` item carry it.
@@ -98,10 +97,8 @@ fn validate(app: &App, body: EventBody) -> Result<Trigger, ApiError> {
 async fn deliver(state: &State, app: &App, trigger: &Trigger) -> Result<Map<String, Value>, ApiError> {
     for channel in &trigger.channels {
         let frame = text_frame(message::event(&trigger.name, Some(channel), EventData::Text(&trigger.data), None));
-        if ChannelName::parse(channel).is_ok_and(|n| n.is_cache()) {
-            app.namespace.set_cached(channel, frame.clone());
-        }
-        hub::broadcast(state, app, channel, frame, trigger.except).await;
+        let remember = ChannelName::parse(channel).is_ok_and(|n| n.is_cache());
+        state.adapter.broadcast(&app.config.id, channel, frame, trigger.except, remember).await.map_err(internal)?;
     }
     app.metrics.events_triggered.increment(trigger.channels.len() as u64);
     let mut out = Map::new();
@@ -133,8 +130,13 @@ async fn channel_attributes(
     Ok(attrs)
 }
 
+/// An adapter failure as an HTTP answer: the fabric being unavailable is a
+/// 503 (retry, perhaps on another node), never a 200 for an event that went
+/// nowhere.
 fn internal(e: herald_adapter::AdapterError) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    let status =
+        if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    ApiError::new(status, e.to_string())
 }
 
 /// `POST /apps/{id}/events`

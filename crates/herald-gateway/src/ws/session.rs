@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use herald_adapter::{text_frame, Connection, PresenceFull};
+use herald_adapter::{send_counted, text_frame, AdapterError, Connection, PresenceFull, Subscription};
 use herald_metrics::Rejection;
 use herald_protocol::message::{self, ClientMessage, EventData};
 use herald_protocol::presence::{parse_channel_data, parse_user_data};
@@ -44,10 +44,15 @@ where
     };
     tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
     let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
-    app.namespace.add_connection(conn.clone());
+    if let Err(e) = state.adapter.add_connection(&app.config.id, conn.clone()) {
+        tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
+        conn.close(ErrorCode::APP_NOT_FOUND);
+        let _ = writer.await;
+        return;
+    }
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    app.namespace.send_to(&conn, text_frame(message::connection_established(socket_id, activity_timeout.as_secs())));
+    send_counted(&conn, text_frame(message::connection_established(socket_id, activity_timeout.as_secs())), &app.metrics);
 
     let mut session = Session {
         state: state.clone(),
@@ -60,7 +65,7 @@ where
 
     let close_code = conn.close_requested().map(|c| c.as_u16());
     tracing::debug!(app = %app.config.id, %socket_id, ?close_code, "connection closed");
-    state.cleanup.depart(&app.namespace, conn).await;
+    state.cleanup.depart(&app.id, conn).await;
     app.metrics.connection_closed();
     let _ = writer.await;
 }
@@ -140,7 +145,7 @@ impl Session {
 
     /// Queues a frame for this client (counted as sent).
     fn reply(&self, frame: herald_adapter::Frame) {
-        self.app.namespace.send_to(&self.conn, frame);
+        send_counted(&self.conn, frame, &self.app.metrics);
     }
 
     fn error(&self, code: ErrorCode, text: &str) {
@@ -164,7 +169,7 @@ impl Session {
                 self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await
             }
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
-            ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
+            ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data).await,
             ClientMessage::ClientEvent { event, channel, data } => {
                 self.client_event(&event, &channel, &data, text.len()).await
             }
@@ -222,19 +227,23 @@ impl Session {
                 return self.subscription_error(channel, "LimitReached", &text, 400);
             }
         }
-        let joined = member.as_ref().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info.clone()));
-        let outcome = match self.app.namespace.subscribe(
-            &self.conn,
-            channel,
+        let user_id = member.as_ref().map(|m| Arc::<str>::from(m.user_id.as_str()));
+        let request = Subscription {
+            channel: channel.to_string(),
             member,
-            config.max_presence_members,
-            name.is_cache(),
-        ) {
+            max_members: config.max_presence_members,
+            is_cache: name.is_cache(),
+        };
+        let outcome = match self.state.adapter.subscribe(&self.app.config.id, &self.conn, request).await {
             Ok(outcome) => outcome,
-            Err(PresenceFull(max)) => {
+            Err(AdapterError::PresenceFull(PresenceFull(max))) => {
                 self.app.metrics.rejected(Rejection::PresenceLimit);
                 let text = format!("presence channel already has {max} members");
                 return self.subscription_error(channel, "LimitReached", &text, 403);
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.app.config.id, channel, error = %e, "subscribe failed");
+                return self.subscription_error(channel, "ServiceUnavailable", &e.to_string(), 503);
             }
         };
         if outcome.cache_miss {
@@ -244,22 +253,21 @@ impl Session {
             return;
         }
         self.app.metrics.subscribed(name.kind().index());
-        if let Some((user_id, info)) = joined {
-            if outcome.member_added {
-                hub::member_joined(&self.state, &self.app, channel, self.conn.socket_id, &user_id, &info).await;
-            }
+        if let Some(user_id) = user_id {
             self.presence_users.insert(channel.to_string(), user_id);
         }
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
         self.presence_users.remove(channel);
-        if let Some(outcome) = self.app.namespace.unsubscribe(&self.conn, channel) {
-            hub::channel_left(&self.state, &self.app, channel, outcome).await;
+        match self.state.adapter.unsubscribe(&self.app.config.id, &self.conn, channel).await {
+            Ok(Some(_)) => hub::channel_left(&self.app, channel),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(app = %self.app.config.id, channel, error = %e, "unsubscribe failed"),
         }
     }
 
-    fn sign_in(&mut self, auth: &str, user_data: &str) {
+    async fn sign_in(&mut self, auth: &str, user_data: &str) {
         let config = &self.app.config;
         let to_sign = sign::user_string_to_sign(&self.conn.socket_id.to_string(), user_data);
         if !sign::verify_auth_token(&config.key, &config.secret, &to_sign, auth) {
@@ -273,13 +281,17 @@ impl Session {
                 return self.conn.close(ErrorCode::UNAUTHORIZED);
             }
         };
-        let outcome = self.app.namespace.sign_in(&self.conn, &user.id, &user.watchlist);
+        let outcome = match self.state.adapter.sign_in(&self.app.config.id, &self.conn, &user.id, &user.watchlist).await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(app = %self.app.config.id, error = %e, "sign-in failed");
+                return self.error(ErrorCode::RECONNECT, "sign-in failed, reconnect");
+            }
+        };
         self.reply(text_frame(message::signin_success(user_data)));
         if let Some(frame) = hub::watchlist_snapshot(&user.watchlist, &outcome.online_watched) {
             self.reply(frame);
-        }
-        if outcome.came_online && !outcome.watchers.is_empty() {
-            self.app.namespace.send_all(&outcome.watchers, &hub::came_online(&user.id));
         }
     }
 

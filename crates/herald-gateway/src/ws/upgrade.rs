@@ -132,7 +132,7 @@ fn admit(state: &State, key: &str, query: &str) -> Admission {
         return Admission::Refuse(ErrorCode::APP_DISABLED);
     }
     let max = app.config.max_connections;
-    if max > 0 && app.namespace.connection_count() >= max {
+    if max > 0 && state.adapter.connection_count(&app.config.id).unwrap_or(0) >= max {
         app.metrics.rejected(Rejected::OverConnectionQuota);
         return Admission::Refuse(ErrorCode::OVER_CONNECTION_QUOTA);
     }
