@@ -2,91 +2,199 @@
 //! variables, then CLI flags — later sources win. With nothing given Herald
 //! serves one default app so `herald` alone just works.
 //!
+//! Every node setting is one row of the `settings!` table below: its doc,
+//! file key (the flag is the key in kebab case, `--key-name`), environment
+//! variable, default, the resolved [`Config`] field and the range it must be
+//! in. The macro generates the clap [`Cli`] flags, the file's serde shape,
+//! [`Config`] with its `Default`, the layering and the per-value checks, so a
+//! setting is known to all three sources by construction.
+//!
 //! Unknown keys are refused (the error names them) and every value is
 //! checked before the server starts.
 
 use std::collections::HashSet;
+use std::fmt::Display;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-/// Command-line flags; each also reads the environment variable it names.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(name = "herald", version, about = "Herald: a Pusher-compatible WebSocket server")]
-pub struct Cli {
-    /// TOML config file (see docs/configuration.md).
-    #[arg(long, env = "HERALD_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0].
-    #[arg(long, env = "HERALD_HOST")]
-    pub host: Option<IpAddr>,
-    /// WebSocket + REST port [default: 6001].
-    #[arg(long, env = "HERALD_PORT")]
-    pub port: Option<u16>,
-    /// Prometheus `/metrics` port [default: 9601].
-    #[arg(long, env = "HERALD_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
-    /// This node's name in metrics and logs [default: the host name].
-    #[arg(long, env = "HERALD_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "HERALD_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, tracing syntax [default: info].
-    #[arg(long, env = "HERALD_LOG_LEVEL")]
-    pub log_level: Option<String>,
-    /// Seconds of client silence before the server pings [default: 120].
-    #[arg(long, env = "HERALD_ACTIVITY_TIMEOUT")]
-    pub activity_timeout: Option<u64>,
-    /// Seconds to wait for a pong before closing with 4201 [default: 30].
-    #[arg(long, env = "HERALD_PONG_TIMEOUT")]
-    pub pong_timeout: Option<u64>,
-    /// Frames a connection may have queued before it is cut off with 4100 [default: 1024].
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
-    /// Largest WebSocket message accepted from a client, bytes [default: 65536].
-    #[arg(long, env = "HERALD_MAX_FRAME_BYTES")]
-    pub max_frame_bytes: Option<usize>,
-    /// Largest REST request body, bytes [default: 262144].
-    #[arg(long, env = "HERALD_MAX_REQUEST_BYTES")]
-    pub max_request_bytes: Option<usize>,
-    /// Seconds SIGTERM waits for clients to leave before closing them [default: 10].
-    #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Option<u64>,
-    /// Cleanup worker tasks; 0 = one per core [default: 0].
-    #[arg(long, env = "HERALD_CLEANUP_WORKERS")]
-    pub cleanup_workers: Option<usize>,
-    /// Departures each cleanup worker may have queued [default: 4096].
-    #[arg(long, env = "HERALD_CLEANUP_QUEUE")]
-    pub cleanup_queue: Option<usize>,
-    /// Most departures cleaned in one batch [default: 128].
-    #[arg(long, env = "HERALD_CLEANUP_BATCH_SIZE")]
-    pub cleanup_batch_size: Option<usize>,
-    /// Milliseconds a cleanup worker waits to fill a batch [default: 5].
-    #[arg(long, env = "HERALD_CLEANUP_BATCH_TIMEOUT_MS")]
-    pub cleanup_batch_timeout_ms: Option<u64>,
-    /// Milliseconds webhook events are gathered into one request [default: 50].
-    #[arg(long, env = "HERALD_WEBHOOK_BATCH_MS")]
-    pub webhook_batch_ms: Option<u64>,
-    /// Milliseconds one webhook request may take [default: 5000].
-    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_MS")]
-    pub webhook_timeout_ms: Option<u64>,
-    /// Retries of a failed webhook request [default: 3].
-    #[arg(long, env = "HERALD_WEBHOOK_RETRIES")]
-    pub webhook_retries: Option<u32>,
-    /// Milliseconds before the first retry; doubles each time [default: 500].
-    #[arg(long, env = "HERALD_WEBHOOK_BACKOFF_MS")]
-    pub webhook_backoff_ms: Option<u64>,
-    /// Webhook events each target may have queued [default: 10000].
-    #[arg(long, env = "HERALD_WEBHOOK_QUEUE")]
-    pub webhook_queue: Option<usize>,
+/// Longest accepted duration of any timeout or interval (one year), so that
+/// `Instant::now() + d` can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Largest accepted queue length.
+const MAX_QUEUE: usize = 1 << 24;
+/// Largest accepted frame or request size, bytes (1 GiB).
+const MAX_BYTES: usize = 1 << 30;
+
+/// The first of its token trees: `first!($($override)? $fallback)`.
+macro_rules! first {
+    ($a:tt $($rest:tt)*) => {
+        $a
+    };
+}
+
+/// One row per node setting:
+///
+/// ```text
+/// /// Doc, shown in --help and on the Config field.
+/// key: RawType = "default" [as "shown in help"], "HERALD_KEY"
+///     => field: FieldType [= convert] [, check validator];
+/// ```
+///
+/// The raw value is the flag `--key` (clap), else `HERALD_KEY` (`FromStr`),
+/// else the file key `key` (serde), else `default` (`FromStr`); `convert`
+/// (identity when absent) makes the `Config` field of it, and `validator`
+/// (a `Fn(&FieldType) -> Result<(), String>`) is run by `Config::validate`
+/// with the key named in the error.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:tt])*
+        $key:ident: $raw:ty = $default:tt $(as $shown:tt)?, $env:tt
+            => $field:ident: $ty:ty $(= $conv:expr)? $(, check $check:expr)?;
+    )*) => {
+        /// Command-line flags. [`Config::load`] reads the matching `HERALD_*`
+        /// environment variables (named in `--help`) beneath them.
+        #[derive(Debug, Clone, Default, Parser)]
+        #[command(name = "herald", version, about = "Herald: a Pusher-compatible WebSocket server")]
+        pub struct Cli {
+            #[arg(long, help = help_text(&["TOML config file (see docs/configuration.md)"], "HERALD_CONFIG", "none"))]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long, help = help_text(&[$($doc),*], $env, first!($($shown)? $default)))]
+                pub $key: Option<$raw>,
+            )*
+        }
+
+        /// The config file's shape (every key optional).
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $($key: Option<$raw>,)*
+            #[serde(default)]
+            apps: Vec<AppConfig>,
+        }
+
+        /// The resolved configuration the server runs with.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $($(#[doc = $doc])* pub $field: $ty,)*
+            /// The apps served.
+            pub apps: Vec<AppConfig>,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self {
+                    $($field: (first!($($conv)? same))(default_of::<$raw>(stringify!($key), $default)),)*
+                    apps: vec![AppConfig::default()],
+                }
+            }
+        }
+
+        /// Every node setting: file key, environment variable, default as shown.
+        #[cfg(test)]
+        const SETTINGS: &[(&str, &str, &str)] = &[$((stringify!($key), $env, first!($($shown)? $default))),*];
+
+        impl Config {
+            fn resolve(cli: &Cli, env: &dyn Fn(&str) -> Option<String>, file: FileConfig) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $($field: (first!($($conv)? same))(
+                        layer(cli.$key.clone(), env, $env, file.$key, stringify!($key), $default)?,
+                    ),)*
+                    apps: file.apps,
+                })
+            }
+
+            fn check_ranges(&self) -> Result<(), ConfigError> {
+                $($(($check)(&self.$field).map_err(|message| invalid(stringify!($key), message))?;)?)*
+                Ok(())
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to listen on.
+    host: IpAddr = "0.0.0.0", "HERALD_HOST" => host: IpAddr;
+    /// WebSocket + REST port (0 = any free port).
+    port: u16 = "6001", "HERALD_PORT" => port: u16;
+    /// Prometheus `/metrics` port.
+    metrics_port: u16 = "9601", "HERALD_METRICS_PORT" => metrics_port: u16;
+    /// This node's name in metrics and logs; empty means the host name.
+    node_id: String = "" as "the host name", "HERALD_NODE_ID" => node_id: String = or_host_name;
+    /// Log format.
+    log_format: LogFormat = "text", "HERALD_LOG_FORMAT" => log_format: LogFormat;
+    /// Log filter, tracing `EnvFilter` syntax.
+    log_level: String = "info", "HERALD_LOG_LEVEL" => log_level: String, check log_filter;
+    /// Seconds of client silence before the server pings (also sent to clients).
+    activity_timeout: u64 = "120", "HERALD_ACTIVITY_TIMEOUT"
+        => activity_timeout: Duration = Duration::from_secs, check seconds(1);
+    /// Seconds to wait for any frame after a ping before closing with 4201.
+    pong_timeout: u64 = "30", "HERALD_PONG_TIMEOUT" => pong_timeout: Duration = Duration::from_secs, check seconds(1);
+    /// Frames a connection may have queued before it is closed with 4100.
+    outbound_queue: usize = "1024", "HERALD_OUTBOUND_QUEUE" => outbound_queue: usize, check range(1, MAX_QUEUE);
+    /// Largest WebSocket message accepted from a client, bytes; larger closes with 1009.
+    max_frame_bytes: usize = "65536", "HERALD_MAX_FRAME_BYTES"
+        => max_frame_bytes: usize, check range(1024, MAX_BYTES);
+    /// Largest REST request body, bytes (413 beyond).
+    max_request_bytes: usize = "262144", "HERALD_MAX_REQUEST_BYTES"
+        => max_request_bytes: usize, check range(1, MAX_BYTES);
+    /// Seconds SIGTERM waits for clients to leave before closing them.
+    shutdown_grace: u64 = "10", "HERALD_SHUTDOWN_GRACE"
+        => shutdown_grace: Duration = Duration::from_secs, check seconds(0);
+    /// Cleanup worker tasks; 0 = one per core.
+    cleanup_workers: usize = "0", "HERALD_CLEANUP_WORKERS" => cleanup_workers: usize, check range(0, 1024);
+    /// Departures each cleanup worker may have queued; beyond, cleanup runs synchronously.
+    cleanup_queue: usize = "4096", "HERALD_CLEANUP_QUEUE" => cleanup_queue: usize, check range(1, MAX_QUEUE);
+    /// Most departures cleaned in one batch (one lock round).
+    cleanup_batch_size: usize = "128", "HERALD_CLEANUP_BATCH_SIZE"
+        => cleanup_batch_size: usize, check range(1, 65536);
+    /// Milliseconds a cleanup worker waits to fill a batch.
+    cleanup_batch_timeout_ms: u64 = "5", "HERALD_CLEANUP_BATCH_TIMEOUT_MS"
+        => cleanup_batch_timeout: Duration = Duration::from_millis, check millis(0);
+    /// Milliseconds in which webhook events are gathered into one request.
+    webhook_batch_ms: u64 = "50", "HERALD_WEBHOOK_BATCH_MS"
+        => webhook_batch: Duration = Duration::from_millis, check millis(0);
+    /// Milliseconds one webhook request may take.
+    webhook_timeout_ms: u64 = "5000", "HERALD_WEBHOOK_TIMEOUT_MS"
+        => webhook_timeout: Duration = Duration::from_millis, check millis(1);
+    /// Retries of a failed webhook request (non-2xx or error).
+    webhook_retries: u32 = "3", "HERALD_WEBHOOK_RETRIES" => webhook_retries: u32;
+    /// Milliseconds before the first webhook retry; doubles each time.
+    webhook_backoff_ms: u64 = "500", "HERALD_WEBHOOK_BACKOFF_MS"
+        => webhook_backoff: Duration = Duration::from_millis, check millis(0);
+    /// Webhook events each target may have queued; beyond, dropped and counted.
+    webhook_queue: usize = "10000", "HERALD_WEBHOOK_QUEUE" => webhook_queue: usize, check range(1, MAX_QUEUE);
+    /// How nodes of a cluster reach each other; `local` is a single node.
+    adapter: AdapterKind = "local", "HERALD_ADAPTER" => adapter: AdapterKind;
+    /// Redis URL for the `redis` adapter.
+    redis_url: String = "redis://127.0.0.1:6379", "HERALD_REDIS_URL" => redis_url: String, check redis_url;
+    /// Comma-separated Redis Cluster node URLs; required by the `redis-cluster` adapter.
+    redis_cluster_nodes: List = "" as "none", "HERALD_REDIS_CLUSTER_NODES"
+        => redis_cluster_nodes: Vec<String> = Vec::from, check |urls: &Vec<String>| urls.iter().try_for_each(|url| redis_url(url));
+    /// Comma-separated NATS server URLs for the `nats` adapter.
+    nats_servers: List = "nats://127.0.0.1:4222", "HERALD_NATS_SERVERS" => nats_servers: Vec<String> = Vec::from;
+    /// Prefix of every fabric key and subject, to separate clusters sharing one Redis or NATS.
+    adapter_prefix: String = "herald", "HERALD_ADAPTER_PREFIX" => adapter_prefix: String, check prefix;
+    /// Milliseconds a node waits for other nodes' answers (e.g. channel or presence queries).
+    request_timeout_ms: u64 = "1000", "HERALD_REQUEST_TIMEOUT_MS"
+        => request_timeout: Duration = Duration::from_millis, check millis(1);
+    /// Milliseconds between this node's heartbeats to the cluster.
+    heartbeat_interval_ms: u64 = "1000", "HERALD_HEARTBEAT_INTERVAL_MS"
+        => heartbeat_interval: Duration = Duration::from_millis, check millis(1);
+    /// Milliseconds without a heartbeat before a node is considered gone; more than twice the interval.
+    node_timeout_ms: u64 = "10000", "HERALD_NODE_TIMEOUT_MS"
+        => node_timeout: Duration = Duration::from_millis, check millis(1);
+    /// Messages received from the fabric that may wait for this node.
+    fabric_queue: usize = "65536", "HERALD_FABRIC_QUEUE" => fabric_queue: usize, check range(1, MAX_QUEUE);
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -94,33 +202,168 @@ pub enum LogFormat {
     Json,
 }
 
-/// The config file's shape (every key optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    host: Option<IpAddr>,
-    port: Option<u16>,
-    metrics_port: Option<u16>,
-    node_id: Option<String>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
-    activity_timeout: Option<u64>,
-    pong_timeout: Option<u64>,
-    outbound_queue: Option<usize>,
-    max_frame_bytes: Option<usize>,
-    max_request_bytes: Option<usize>,
-    shutdown_grace: Option<u64>,
-    cleanup_workers: Option<usize>,
-    cleanup_queue: Option<usize>,
-    cleanup_batch_size: Option<usize>,
-    cleanup_batch_timeout_ms: Option<u64>,
-    webhook_batch_ms: Option<u64>,
-    webhook_timeout_ms: Option<u64>,
-    webhook_retries: Option<u32>,
-    webhook_backoff_ms: Option<u64>,
-    webhook_queue: Option<usize>,
-    #[serde(default)]
-    apps: Vec<AppConfig>,
+/// How the nodes of a cluster exchange messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterKind {
+    /// One node, nothing shared.
+    #[default]
+    Local,
+    /// Redis pub/sub at `redis_url`.
+    Redis,
+    /// Redis Cluster at `redis_cluster_nodes`.
+    RedisCluster,
+    /// NATS at `nats_servers`.
+    Nats,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        value_enum(s)
+    }
+}
+
+impl FromStr for AdapterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        value_enum(s)
+    }
+}
+
+fn value_enum<E: ValueEnum>(s: &str) -> Result<E, String> {
+    E::from_str(s, false).map_err(|_| {
+        let names: Vec<_> =
+            E::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|v| v.get_name().to_owned()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
+/// A list of strings: comma-separated in flags and environment variables;
+/// in the file an array of strings or a comma-separated string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "ListRepr")]
+pub struct List(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "an array of strings or a comma-separated string")]
+enum ListRepr {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl From<ListRepr> for List {
+    fn from(repr: ListRepr) -> Self {
+        match repr {
+            ListRepr::Many(items) => List(items.iter().flat_map(|s| s.split(',')).filter_map(non_empty).collect()),
+            ListRepr::One(s) => List(s.split(',').filter_map(non_empty).collect()),
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+impl FromStr for List {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ListRepr::One(s.to_owned()).into())
+    }
+}
+
+impl From<List> for Vec<String> {
+    fn from(list: List) -> Self {
+        list.0
+    }
+}
+
+/// `--help` text: the doc, then where else the value comes from.
+fn help_text(doc: &[&str], env: &str, default: &str) -> String {
+    let doc: Vec<&str> = doc.iter().map(|line| line.trim()).collect();
+    format!("{} [env: {env}] [default: {default}]", doc.join(" ").trim_end_matches('.'))
+}
+
+/// A built-in default; the table's defaults are tested to parse.
+fn default_of<T: FromStr>(key: &str, text: &str) -> T
+where
+    T::Err: Display,
+{
+    text.parse().unwrap_or_else(|e| panic!("built-in default {text:?} of {key} does not parse: {e}"))
+}
+
+/// One setting's value: the flag, else the environment variable (empty
+/// counts as unset), else the file, else the default.
+fn layer<T: FromStr>(
+    cli: Option<T>,
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    file: Option<T>,
+    key: &str,
+    default: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: Display,
+{
+    if let Some(value) = cli {
+        return Ok(value);
+    }
+    if let Some(text) = env(var).filter(|v| !v.trim().is_empty()) {
+        return text.trim().parse().map_err(|e| invalid(var, format!("{text:?}: {e}")));
+    }
+    Ok(file.unwrap_or_else(|| default_of(key, default)))
+}
+
+fn same<T>(value: T) -> T {
+    value
+}
+
+fn or_host_name(node_id: String) -> String {
+    if node_id.is_empty() {
+        default_node_id()
+    } else {
+        node_id
+    }
+}
+
+/// Checks `min..=max`.
+fn range<T: PartialOrd + Display + Copy>(min: T, max: T) -> impl Fn(&T) -> Result<(), String> {
+    move |v| if (min..=max).contains(v) { Ok(()) } else { Err(format!("must be from {min} to {max}, got {v}")) }
+}
+
+/// Checks a duration given in seconds: at least `min`, at most a year.
+fn seconds(min: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |d| range(min, MAX_DURATION.as_secs())(&d.as_secs()).map_err(|m| format!("{m} seconds (at most 1 year)"))
+}
+
+/// Checks a duration given in milliseconds: at least `min`, at most a year.
+fn millis(min: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |d| {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        range(min, MAX_DURATION.as_secs() * 1000)(&ms).map_err(|m| format!("{m} ms (at most 1 year)"))
+    }
+}
+
+fn log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter).map(drop).map_err(|e| e.to_string())
+}
+
+fn redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    match SCHEMES.iter().any(|s| url.starts_with(s)) {
+        true => Ok(()),
+        false => Err(format!("{url:?} is not a redis://, rediss:// or unix:// URL")),
+    }
+}
+
+fn prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    match prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        true => Ok(()),
+        false => Err(format!("{prefix:?} may only hold A-Z, a-z, 0-9, _ and -")),
+    }
 }
 
 /// One app: credentials, switches and limits.
@@ -189,62 +432,6 @@ impl Default for AppConfig {
     }
 }
 
-/// The resolved configuration the server runs with.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub host: IpAddr,
-    pub port: u16,
-    pub metrics_port: u16,
-    pub node_id: String,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub activity_timeout: Duration,
-    pub pong_timeout: Duration,
-    pub outbound_queue: usize,
-    pub max_frame_bytes: usize,
-    pub max_request_bytes: usize,
-    pub shutdown_grace: Duration,
-    pub cleanup_workers: usize,
-    pub cleanup_queue: usize,
-    pub cleanup_batch_size: usize,
-    pub cleanup_batch_timeout: Duration,
-    pub webhook_batch: Duration,
-    pub webhook_timeout: Duration,
-    pub webhook_retries: u32,
-    pub webhook_backoff: Duration,
-    pub webhook_queue: usize,
-    pub apps: Vec<AppConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            host: IpAddr::from([0, 0, 0, 0]),
-            port: 6001,
-            metrics_port: 9601,
-            node_id: default_node_id(),
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-            activity_timeout: Duration::from_secs(120),
-            pong_timeout: Duration::from_secs(30),
-            outbound_queue: 1024,
-            max_frame_bytes: 64 * 1024,
-            max_request_bytes: 256 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-            cleanup_workers: 0,
-            cleanup_queue: 4096,
-            cleanup_batch_size: 128,
-            cleanup_batch_timeout: Duration::from_millis(5),
-            webhook_batch: Duration::from_millis(50),
-            webhook_timeout: Duration::from_secs(5),
-            webhook_retries: 3,
-            webhook_backoff: Duration::from_millis(500),
-            webhook_queue: 10_000,
-            apps: vec![AppConfig::default()],
-        }
-    }
-}
-
 /// Why the configuration was refused; names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -264,45 +451,16 @@ impl Config {
     /// Resolves defaults ← file ← env ← CLI. `env` is the process
     /// environment (passed in so tests need not mutate it).
     pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let file = match &cli.config {
+        let path = cli.config.clone().or_else(|| env("HERALD_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let file = match path {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse { path, message: e.to_string() })?
             }
             None => FileConfig::default(),
         };
-        let d = Config::default();
-        let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
-        let millis = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
-        let mut config = Config {
-            host: cli.host.or(file.host).unwrap_or(d.host),
-            port: cli.port.or(file.port).unwrap_or(d.port),
-            metrics_port: cli.metrics_port.or(file.metrics_port).unwrap_or(d.metrics_port),
-            node_id: cli.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
-            log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
-            log_level: cli.log_level.clone().or(file.log_level).unwrap_or(d.log_level),
-            activity_timeout: secs(cli.activity_timeout.or(file.activity_timeout), d.activity_timeout),
-            pong_timeout: secs(cli.pong_timeout.or(file.pong_timeout), d.pong_timeout),
-            outbound_queue: cli.outbound_queue.or(file.outbound_queue).unwrap_or(d.outbound_queue),
-            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
-            max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes).unwrap_or(d.max_request_bytes),
-            shutdown_grace: secs(cli.shutdown_grace.or(file.shutdown_grace), d.shutdown_grace),
-            cleanup_workers: cli.cleanup_workers.or(file.cleanup_workers).unwrap_or(d.cleanup_workers),
-            cleanup_queue: cli.cleanup_queue.or(file.cleanup_queue).unwrap_or(d.cleanup_queue),
-            cleanup_batch_size: cli.cleanup_batch_size.or(file.cleanup_batch_size).unwrap_or(d.cleanup_batch_size),
-            cleanup_batch_timeout: millis(
-                cli.cleanup_batch_timeout_ms.or(file.cleanup_batch_timeout_ms),
-                d.cleanup_batch_timeout,
-            ),
-            webhook_batch: millis(cli.webhook_batch_ms.or(file.webhook_batch_ms), d.webhook_batch),
-            webhook_timeout: millis(cli.webhook_timeout_ms.or(file.webhook_timeout_ms), d.webhook_timeout),
-            webhook_retries: cli.webhook_retries.or(file.webhook_retries).unwrap_or(d.webhook_retries),
-            webhook_backoff: millis(cli.webhook_backoff_ms.or(file.webhook_backoff_ms), d.webhook_backoff),
-            webhook_queue: cli.webhook_queue.or(file.webhook_queue).unwrap_or(d.webhook_queue),
-            apps: file.apps,
-        };
+        let mut config = Self::resolve(cli, &env, file)?;
         if config.apps.is_empty() {
             config.apps.push(default_app_from_env(&env)?);
         }
@@ -312,32 +470,22 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_ranges()?;
         if self.port != 0 && self.port == self.metrics_port {
             return Err(invalid("metrics_port", "must differ from port"));
         }
-        if self.activity_timeout.is_zero() {
-            return Err(invalid("activity_timeout", "must be at least 1 second"));
+        if self.node_timeout <= self.heartbeat_interval * 2 {
+            let heartbeat = self.heartbeat_interval.as_millis();
+            return Err(invalid(
+                "node_timeout_ms",
+                format!("must be more than twice heartbeat_interval_ms ({heartbeat})"),
+            ));
         }
-        if self.pong_timeout.is_zero() {
-            return Err(invalid("pong_timeout", "must be at least 1 second"));
+        if self.adapter == AdapterKind::RedisCluster && self.redis_cluster_nodes.is_empty() {
+            return Err(invalid("redis_cluster_nodes", "must list at least one node with adapter redis-cluster"));
         }
-        if self.outbound_queue == 0 {
-            return Err(invalid("outbound_queue", "must be at least 1"));
-        }
-        if self.cleanup_queue == 0 {
-            return Err(invalid("cleanup_queue", "must be at least 1"));
-        }
-        if self.cleanup_batch_size == 0 {
-            return Err(invalid("cleanup_batch_size", "must be at least 1"));
-        }
-        if self.webhook_queue == 0 {
-            return Err(invalid("webhook_queue", "must be at least 1"));
-        }
-        if self.webhook_timeout.is_zero() {
-            return Err(invalid("webhook_timeout_ms", "must be at least 1"));
-        }
-        if self.max_frame_bytes < 1024 {
-            return Err(invalid("max_frame_bytes", "must be at least 1024"));
+        if self.adapter == AdapterKind::Nats && self.nats_servers.is_empty() {
+            return Err(invalid("nats_servers", "must list at least one server with adapter nats"));
         }
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
@@ -369,7 +517,7 @@ impl Config {
                     }
                 }
             }
-            if app.max_event_payload_bytes + 1024 > self.max_frame_bytes {
+            if app.max_event_payload_bytes.saturating_add(1024) > self.max_frame_bytes {
                 return Err(invalid(
                     key("max_event_payload_bytes"),
                     format!("must be at least 1 KiB below max_frame_bytes ({})", self.max_frame_bytes),
@@ -426,6 +574,7 @@ fn default_node_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
     use std::collections::HashMap;
     use std::io::Write;
 
@@ -516,5 +665,219 @@ mod tests {
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
         let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("client_event"), "{err}");
+    }
+
+    fn load_file(text: &str, vars: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
+        let f = file(text);
+        let mut args = vec!["herald", "--config", f.0.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        Config::load(&Cli::try_parse_from(args).unwrap(), env(vars))
+    }
+
+    #[test]
+    fn cluster_defaults() {
+        let c = Config::default();
+        assert_eq!(c.adapter, AdapterKind::Local);
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert!(c.redis_cluster_nodes.is_empty());
+        assert_eq!(c.nats_servers, vec!["nats://127.0.0.1:4222".to_string()]);
+        assert_eq!(c.adapter_prefix, "herald");
+        assert_eq!(c.request_timeout, Duration::from_millis(1000));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(1000));
+        assert_eq!(c.node_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.fabric_queue, 65536);
+        assert!(!c.node_id.is_empty());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn cluster_settings_from_file_env_and_cli() {
+        let text = "adapter = \"redis-cluster\"\nredis_url = \"redis://file:1\"\n\
+                    redis_cluster_nodes = [\"redis://f1:1\", \"redis://f2:2\"]\nnats_servers = \"nats://f1:1, nats://f2:2\"\n\
+                    adapter_prefix = \"file\"\nrequest_timeout_ms = 11\nheartbeat_interval_ms = 12\n\
+                    node_timeout_ms = 13000\nfabric_queue = 14\n";
+        let vars = [
+            ("HERALD_ADAPTER", "nats"),
+            ("HERALD_REDIS_URL", "redis://env:1"),
+            ("HERALD_REDIS_CLUSTER_NODES", "redis://e1:1,redis://e2:2,redis://e3:3"),
+            ("HERALD_NATS_SERVERS", "nats://e1:1"),
+            ("HERALD_ADAPTER_PREFIX", "env"),
+            ("HERALD_REQUEST_TIMEOUT_MS", "21"),
+            ("HERALD_HEARTBEAT_INTERVAL_MS", "22"),
+            ("HERALD_NODE_TIMEOUT_MS", "23000"),
+            ("HERALD_FABRIC_QUEUE", "24"),
+        ];
+        let flags = [
+            "--adapter=redis",
+            "--redis-url=rediss://cli:1",
+            "--redis-cluster-nodes=redis://c1:1",
+            "--nats-servers=nats://c1:1,nats://c2:2",
+            "--adapter-prefix=cli_1-x",
+            "--request-timeout-ms=31",
+            "--heartbeat-interval-ms=32",
+            "--node-timeout-ms=33000",
+            "--fabric-queue=34",
+        ];
+
+        let c = load_file(text, &[], &[]).unwrap();
+        assert_eq!(c.adapter, AdapterKind::RedisCluster);
+        assert_eq!(c.redis_url, "redis://file:1");
+        assert_eq!(c.redis_cluster_nodes, ["redis://f1:1", "redis://f2:2"]);
+        assert_eq!(c.nats_servers, ["nats://f1:1", "nats://f2:2"]);
+        assert_eq!(c.adapter_prefix, "file");
+        assert_eq!(c.request_timeout, Duration::from_millis(11));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(12));
+        assert_eq!(c.node_timeout, Duration::from_millis(13_000));
+        assert_eq!(c.fabric_queue, 14);
+
+        let c = load_file(text, &vars, &[]).unwrap();
+        assert_eq!(c.adapter, AdapterKind::Nats);
+        assert_eq!(c.redis_url, "redis://env:1");
+        assert_eq!(c.redis_cluster_nodes, ["redis://e1:1", "redis://e2:2", "redis://e3:3"]);
+        assert_eq!(c.nats_servers, ["nats://e1:1"]);
+        assert_eq!(c.adapter_prefix, "env");
+        assert_eq!(c.request_timeout, Duration::from_millis(21));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(22));
+        assert_eq!(c.node_timeout, Duration::from_millis(23_000));
+        assert_eq!(c.fabric_queue, 24);
+
+        let c = load_file(text, &vars, &flags).unwrap();
+        assert_eq!(c.adapter, AdapterKind::Redis);
+        assert_eq!(c.redis_url, "rediss://cli:1");
+        assert_eq!(c.redis_cluster_nodes, ["redis://c1:1"]);
+        assert_eq!(c.nats_servers, ["nats://c1:1", "nats://c2:2"]);
+        assert_eq!(c.adapter_prefix, "cli_1-x");
+        assert_eq!(c.request_timeout, Duration::from_millis(31));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(32));
+        assert_eq!(c.node_timeout, Duration::from_millis(33_000));
+        assert_eq!(c.fabric_queue, 34);
+
+        // Env alone, without a file; HERALD_CONFIG names the file.
+        let c = Config::load(&Cli::default(), env(&vars)).unwrap();
+        assert_eq!((c.adapter, c.fabric_queue), (AdapterKind::Nats, 24));
+        let f = file("fabric_queue = 5\n");
+        let c = Config::load(&Cli::default(), env(&[("HERALD_CONFIG", f.0.to_str().unwrap())])).unwrap();
+        assert_eq!(c.fabric_queue, 5);
+    }
+
+    #[test]
+    fn redis_cluster_needs_nodes() {
+        let err = Config::load(&Cli::default(), env(&[("HERALD_ADAPTER", "redis-cluster")])).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "redis_cluster_nodes"), "{err}");
+        let err = load_file("redis_cluster_nodes = []\n", &[("HERALD_ADAPTER", "redis-cluster")], &[]).unwrap_err();
+        assert!(err.to_string().contains("redis_cluster_nodes"), "{err}");
+        let c = Config::load(
+            &Cli::default(),
+            env(&[("HERALD_ADAPTER", "redis-cluster"), ("HERALD_REDIS_CLUSTER_NODES", "redis://a:1")]),
+        )
+        .unwrap();
+        assert_eq!(c.redis_cluster_nodes, ["redis://a:1"]);
+        let err = Config::load(&Cli::default(), env(&[("HERALD_REDIS_CLUSTER_NODES", "http://a:1")])).unwrap_err();
+        assert!(err.to_string().contains("redis_cluster_nodes"), "{err}");
+        let err = Config::load(&Cli::default(), env(&[("HERALD_ADAPTER", "nats"), ("HERALD_NATS_SERVERS", ",")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("nats_servers"), "{err}");
+        let err = Config::load(&Cli::default(), env(&[("HERALD_ADAPTER", "zookeeper")])).unwrap_err();
+        assert!(err.to_string().contains("HERALD_ADAPTER"), "{err}");
+        assert!(err.to_string().contains("redis-cluster"), "{err}");
+        assert!(Cli::try_parse_from(["herald", "--adapter", "zookeeper"]).is_err());
+    }
+
+    #[test]
+    fn bad_prefix_is_refused() {
+        for bad in ["", "a b", "a.b", "a:b", "ü", &"x".repeat(65)] {
+            let cli = Cli { adapter_prefix: Some(bad.to_string()), ..Cli::default() };
+            let err = Config::load(&cli, env(&[])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "adapter_prefix"), "{bad:?}: {err}");
+        }
+        let err = load_file("adapter_prefix = \"a/b\"\n", &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("adapter_prefix"), "{err}");
+        let c = Config::load(&Cli::default(), env(&[("HERALD_ADAPTER_PREFIX", "Prod_eu-1")])).unwrap();
+        assert_eq!(c.adapter_prefix, "Prod_eu-1");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_by_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("HERALD_ACTIVITY_TIMEOUT", "18446744073709551615", "activity_timeout"),
+            ("HERALD_ACTIVITY_TIMEOUT", "0", "activity_timeout"),
+            ("HERALD_SHUTDOWN_GRACE", "31536001", "shutdown_grace"),
+            ("HERALD_WEBHOOK_BACKOFF_MS", "18446744073709551615", "webhook_backoff_ms"),
+            ("HERALD_REQUEST_TIMEOUT_MS", "0", "request_timeout_ms"),
+            ("HERALD_HEARTBEAT_INTERVAL_MS", "0", "heartbeat_interval_ms"),
+            ("HERALD_NODE_TIMEOUT_MS", "2000", "node_timeout_ms"),
+            ("HERALD_NODE_TIMEOUT_MS", "99999999999999", "node_timeout_ms"),
+            ("HERALD_FABRIC_QUEUE", "0", "fabric_queue"),
+            ("HERALD_FABRIC_QUEUE", "18446744073709551615", "fabric_queue"),
+            ("HERALD_OUTBOUND_QUEUE", "0", "outbound_queue"),
+            ("HERALD_MAX_FRAME_BYTES", "100", "max_frame_bytes"),
+            ("HERALD_CLEANUP_BATCH_SIZE", "18446744073709551615", "cleanup_batch_size"),
+            ("HERALD_REDIS_URL", "localhost:6379", "redis_url"),
+            ("HERALD_LOG_LEVEL", "[[", "log_level"),
+            ("HERALD_PORT", "70000", "HERALD_PORT"),
+            ("HERALD_HOST", "nowhere", "HERALD_HOST"),
+        ];
+        for (var, value, key) in cases {
+            let err = Config::load(&Cli::default(), env(&[(var, value)])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if k == key), "{var}={value}: {err}");
+        }
+        let err = load_file("activity_timeout = 40000000\n", &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("activity_timeout") && err.to_string().contains("1 year"), "{err}");
+        let c = Config::load(&Cli::default(), env(&[("HERALD_ACTIVITY_TIMEOUT", "31536000")])).unwrap();
+        assert_eq!(c.activity_timeout, MAX_DURATION);
+        let err = Config { node_timeout: Duration::MAX, ..Config::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("node_timeout_ms"), "{err}");
+        let err = Config { heartbeat_interval: Duration::MAX, ..Config::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("heartbeat_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for (key, var, default) in SETTINGS {
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(help.contains(&flag), "{flag} missing from --help");
+            assert!(help.contains(&format!("[env: {var}] [default: {default}]")), "{key} help lacks env or default");
+        }
+    }
+
+    /// The settings table makes each setting a flag, env var and file key by
+    /// construction; this checks that they are unique, follow the naming
+    /// rule, and that each source accepts every setting's default.
+    #[test]
+    fn every_setting_in_every_source() {
+        let command = Cli::command();
+        let flags: Vec<&str> =
+            command.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "config").collect();
+        let keys: Vec<&str> = SETTINGS.iter().map(|s| s.0).collect();
+        let vars: Vec<&str> = SETTINGS.iter().map(|s| s.1).collect();
+        for list in [&flags, &keys, &vars] {
+            assert_eq!(list.iter().collect::<HashSet<_>>().len(), list.len(), "duplicate in {list:?}");
+        }
+        assert_eq!(flags, keys.iter().map(|k| k.replace('_', "-")).collect::<Vec<_>>());
+        assert!(!vars.contains(&"HERALD_CONFIG") && !keys.contains(&"config"));
+        for (key, var, _) in SETTINGS {
+            assert_eq!(*var, format!("HERALD_{}", key.to_uppercase()));
+        }
+        let docs = include_str!("../../../docs/configuration.md");
+        let defaults = Config::default();
+        for (key, var, shown) in SETTINGS {
+            let row = format!("| `{key}` | `{var}` | `--{}` |", key.replace('_', "-"));
+            let line = docs.lines().find(|l| l.starts_with(&row));
+            assert!(line.is_some_and(|l| l.contains(shown)), "docs/configuration.md lacks the row {row} with {shown}");
+            // The default must be accepted by each source under its name.
+            let value = if *shown == "the host name" || *shown == "none" { "" } else { shown };
+            let as_file = [format!("{key} = {value}"), format!("{key} = {value:?}")];
+            assert!(as_file.iter().any(|t| toml::from_str::<FileConfig>(t).is_ok()), "file refuses {key} = {value}");
+            let cli = Cli::try_parse_from(["herald", &format!("--{}={value}", key.replace('_', "-"))]).unwrap();
+            let from_flag = Config::load(&cli, env(&[])).unwrap();
+            let from_env = Config::load(&Cli::default(), env(&[(var, value)])).unwrap();
+            assert_eq!(
+                format!("{from_flag:?}"),
+                format!("{defaults:?}").replace(&defaults.node_id, &from_flag.node_id)
+            );
+            assert_eq!(format!("{from_env:?}"), format!("{from_flag:?}"));
+        }
     }
 }

@@ -16,5 +16,5 @@ pub mod state;
 pub mod webhooks;
 mod ws;
 
-pub use config::{AppConfig, Cli, Config, ConfigError, WebhookConfig};
+pub use config::{AdapterKind, AppConfig, Cli, Config, ConfigError, WebhookConfig};
 pub use server::Server;
