@@ -12,6 +12,9 @@ pub mod fabric;
 mod lifecycle;
 mod local;
 mod namespace;
+pub mod nats;
+pub mod redis;
+pub mod redis_cluster;
 
 pub use adapter::{Adapter, AdapterError, ChannelSummary};
 pub use connection::{Connection, Frame, SendOutcome, SignedIn};

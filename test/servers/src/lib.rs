@@ -390,34 +390,44 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok`.
     ///
     /// A node also listens on its port + 10000 (the cluster bus), so ports
-    /// come from 20000..30000 with both ports free.
+    /// come from 20000..30000 with both ports free (never port 0: the bus
+    /// port of an ephemeral port would not exist).
     pub fn start(masters: usize) -> RedisCluster {
         assert!(masters >= 3, "herald-test-servers: a Redis Cluster needs at least 3 masters, got {masters}");
-        let binary = find_binary("redis-server", "redis-server");
-        let cli = find_binary("redis-cli", "redis-tools");
-        let mut cluster = RedisCluster { nodes: Vec::with_capacity(masters), binary };
+        let mut cluster =
+            RedisCluster { nodes: Vec::with_capacity(masters), binary: find_binary("redis-server", "redis-server") };
         for _ in 0..masters {
             let node = start_on_some_port(
-                || {
-                    free_port_where(|p| {
-                        bindable(p) && bindable(p + 10_000) && !cluster.nodes.iter().any(|n| n.port == p)
-                    })
-                },
-                |port| {
-                    let mut node = ClusterNode {
-                        proc: Proc { child: None, log: PathBuf::new() },
-                        port,
-                        dir: TempDir::new("redis-cluster"),
-                    };
-                    spawn_cluster_node(&cluster.binary, &mut node)?;
-                    Ok(node)
-                },
+                || free_port_where(|p| cluster_port_free(p) && !cluster.nodes.iter().any(|n| n.port == p)),
+                |port| start_cluster_node(&cluster.binary, port),
             );
             cluster.nodes.push(node);
         }
+        cluster.create();
+        cluster
+    }
 
+    /// Like [`RedisCluster::start`], on the given ports (e.g. from
+    /// [`free_cluster_ports`], which a client already points at).
+    pub fn start_on(ports: &[u16]) -> RedisCluster {
+        assert!(ports.len() >= 3, "herald-test-servers: a Redis Cluster needs at least 3 masters, got {}", ports.len());
+        let mut cluster = RedisCluster {
+            nodes: Vec::with_capacity(ports.len()),
+            binary: find_binary("redis-server", "redis-server"),
+        };
+        for &port in ports {
+            let node = start_cluster_node(&cluster.binary, port).unwrap_or_else(|e| panic!("{e}"));
+            cluster.nodes.push(node);
+        }
+        cluster.create();
+        cluster
+    }
+
+    /// `redis-cli --cluster create` over every node, then waits for `cluster_state:ok`.
+    fn create(&self) {
+        let cli = find_binary("redis-cli", "redis-tools");
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
         let out = Command::new(&cli)
             .args(&args)
@@ -432,8 +442,7 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        cluster.wait_cluster_ok();
-        cluster
+        self.wait_cluster_ok();
     }
 
     fn wait_cluster_ok(&self) {
@@ -489,6 +498,30 @@ impl RedisCluster {
     pub fn resume_node(&mut self, i: usize) {
         self.nodes[i].proc.signal(libc::SIGCONT);
     }
+}
+
+fn cluster_port_free(port: u16) -> bool {
+    bindable(port) && bindable(port + 10_000)
+}
+
+/// `n` distinct free ports for Redis Cluster nodes: each free, and free + 10000
+/// (the cluster bus) too.
+pub fn free_cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let port = free_port_where(cluster_port_free);
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+fn start_cluster_node(binary: &Path, port: u16) -> Result<ClusterNode, String> {
+    let mut node =
+        ClusterNode { proc: Proc { child: None, log: PathBuf::new() }, port, dir: TempDir::new("redis-cluster") };
+    spawn_cluster_node(binary, &mut node)?;
+    Ok(node)
 }
 
 fn spawn_cluster_node(binary: &Path, node: &mut ClusterNode) -> Result<(), String> {
