@@ -167,8 +167,8 @@ impl Supervisor {
                 Ok(Ok(mut conns)) => {
                     *self.shared.live.write() =
                         Some(Live { publisher: conns.publisher.clone(), broken: conns.broken.clone() });
-                    set_link(&self.shared.link, true);
                     outage.recovered();
+                    set_link(&self.shared.link, true);
                     backoff.reset();
                     let reason = self.watch(&mut conns).await;
                     set_link(&self.shared.link, false);
@@ -371,19 +371,30 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn publish_is_down_until_the_server_exists_then_the_link_comes_up() {
+        let logs = crate::fabric::backoff::capture::logs();
         let port = free_port();
-        let mut a = Node::start(&format!("redis://127.0.0.1:{port}"), "herald", "a");
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut a = Node::start(&url, "herald", "a");
         let started = std::time::Instant::now();
         let err = a.transport.publish(&Subject::Control, Bytes::from("x")).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_millis(100), "a publish while down must fail at once");
         assert!(matches!(&err, FabricError::Down { url, .. } if url.contains(&port.to_string())), "{err:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Attempts at 0, 0.1, 0.3, 0.7 and 1.5 s: one error for the whole outage.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
         assert!(!*a.link.borrow());
+        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 1);
 
-        let _server = RedisServer::start_on(port);
+        let mut server = tokio::task::spawn_blocking(move || RedisServer::start_on(port)).await.unwrap();
         a.link_is(true).await;
+        assert_eq!(logs.count(tracing::Level::INFO, &[&url, "reachable again"]), 1);
         a.transport.publish(&Subject::Control, Bytes::from("hello")).await.unwrap();
         assert_eq!(a.recv().await, "hello");
+
+        // A second outage: one more error.
+        server.stop();
+        a.link_is(false).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 2);
         a.shutdown().await;
     }
 

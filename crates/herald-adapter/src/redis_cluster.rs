@@ -247,8 +247,8 @@ impl Supervisor {
                 Ok(Ok(mut conns)) => {
                     *self.shared.live.write() =
                         Some(Live { publisher: conns.publisher.clone(), broken: conns.broken.clone() });
-                    set_link(&self.shared.link, true);
                     outage.recovered();
+                    set_link(&self.shared.link, true);
                     backoff.reset();
                     let reason = self.watch(&mut conns).await;
                     set_link(&self.shared.link, false);
@@ -532,7 +532,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100));
         assert!(matches!(&err, FabricError::Down { url, .. } if url.contains(&ports[0].to_string())), "{err:?}");
 
-        let _cluster = RedisCluster::start_on(&ports);
+        let _cluster = tokio::task::spawn_blocking(move || RedisCluster::start_on(&ports)).await.unwrap();
         a.link_is(true).await;
         publish_all_partitions(&a).await;
         assert_eq!(a.recv_set(16).await, partition_payloads());
@@ -541,7 +541,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_killed_and_restarted_master_is_resubscribed() {
+        let logs = crate::fabric::backoff::capture::logs();
         let mut cluster = RedisCluster::start(3);
+        let url = cluster.urls().join(",");
         let mut a = Node::start(cluster.urls(), "herald", "a");
         let mut b = Node::start(cluster.urls(), "herald", "b");
         a.link_is(true).await;
@@ -554,11 +556,21 @@ mod tests {
             a.transport.publish(&app("my-app", 0), Bytes::from("lost")).await,
             Err(FabricError::Down { .. })
         ));
-        cluster.restart_node(1);
+        // Several reconnect attempts while the master is dead: one error per transport.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 2);
+        let _cluster = tokio::task::spawn_blocking(move || {
+            cluster.restart_node(1);
+            cluster
+        })
+        .await
+        .unwrap();
         let back = std::time::Instant::now();
         a.link_is(true).await;
         b.link_is(true).await;
         assert!(back.elapsed() < Duration::from_secs(5), "took {:?} to come back", back.elapsed());
+        assert_eq!(logs.count(tracing::Level::INFO, &[&url, "reachable again"]), 2);
+        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 2);
 
         publish_all_partitions(&a).await;
         assert_eq!(b.recv_set(16).await, partition_payloads());

@@ -107,6 +107,68 @@ pub(crate) async fn sleep_unless_stopped(delay: Duration, stop: &tokio_util::syn
     }
 }
 
+/// A process-wide `tracing` subscriber that keeps this crate's events, so
+/// tests can count what a transport logged for its own (unique) URL.
+#[cfg(test)]
+pub(crate) mod capture {
+    use std::fmt::Write;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use tracing::field::{Field, Visit};
+    use tracing::subscriber::Interest;
+    use tracing::{span, Event, Level, Metadata, Subscriber};
+
+    #[derive(Clone, Default)]
+    pub(crate) struct Captured(Arc<Mutex<Vec<(Level, String)>>>);
+
+    /// The capture, installed as the global subscriber on first use.
+    pub(crate) fn logs() -> &'static Captured {
+        static LOGS: OnceLock<Captured> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            tracing::subscriber::set_global_default(logs.clone()).expect("no other global subscriber in unit tests");
+            logs
+        })
+    }
+
+    impl Captured {
+        /// Events at `level` whose fields mention every one of `needles`.
+        pub(crate) fn count(&self, level: Level, needles: &[&str]) -> usize {
+            let events = self.0.lock().unwrap();
+            events.iter().filter(|(l, text)| *l == level && needles.iter().all(|n| text.contains(n))).count()
+        }
+    }
+
+    struct Fields(String);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={:?} ", field.name(), value);
+        }
+    }
+
+    impl Subscriber for Captured {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+            Interest::sometimes()
+        }
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.target().starts_with("herald_adapter")
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push((*event.metadata().level(), fields.0));
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +197,21 @@ mod tests {
         assert!(*rx.borrow_and_update());
         set_link(&tx, true);
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn one_error_per_outage_and_one_info_when_back() {
+        let logs = capture::logs();
+        let url = "redis://outage-unit-test:1";
+        let mut outage = Outage::new("redis", url.into());
+        for _ in 0..5 {
+            outage.failed("refused");
+        }
+        assert_eq!(logs.count(tracing::Level::ERROR, &[url]), 1);
+        outage.recovered();
+        assert_eq!(logs.count(tracing::Level::INFO, &[url, "reachable again"]), 1);
+        outage.failed("refused");
+        outage.failed("refused");
+        assert_eq!(logs.count(tracing::Level::ERROR, &[url]), 2);
     }
 }
