@@ -12,6 +12,9 @@ mod connection;
 pub mod fabric;
 mod lifecycle;
 mod local;
+pub mod nats;
+pub mod redis;
+pub mod redis_cluster;
 mod replica;
 
 pub use adapter::{Adapter, AdapterError, ChannelSummary, Subscription};

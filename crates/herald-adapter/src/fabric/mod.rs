@@ -19,6 +19,7 @@
 //! - **Nodes** ([`nodes`]): unique ids per process start, heartbeats,
 //!   expiry of silent nodes, and the election of each channel's announcer.
 
+pub(crate) mod backoff;
 mod envelope;
 mod nodes;
 mod survey;
