@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle};
+use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle, SingleNode, Subscription};
 use herald_metrics::{AppMetrics, Metrics};
 use herald_protocol::message::{self, EventData};
 use herald_protocol::SocketId;
@@ -23,13 +23,15 @@ struct Setup {
 }
 
 fn setup(metrics: AppMetrics, subscribers: usize, channels: usize) -> Setup {
-    let ns = Namespace::new("bench", metrics, Arc::new(NoLifecycle));
+    let ns = Namespace::new("bench", metrics, Arc::new(NoLifecycle), Arc::new(SingleNode));
     let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
     let mut queues = Vec::new();
     let mut conns = Vec::new();
     for i in 0..subscribers {
         let (conn, rx) = Connection::new(SocketId { major: 1, minor: i as u64 }, 64);
-        ns.subscribe(&conn, &names[i % channels], None, 100, false).unwrap();
+        let request =
+            Subscription { channel: names[i % channels].clone(), member: None, max_members: 100, is_cache: false };
+        ns.subscribe(&conn, &request, false).unwrap();
         queues.push(rx);
         conns.push(conn);
     }

@@ -256,10 +256,12 @@ mod tests {
 
     async fn run(config: CleanupConfig, n: u64) -> (Arc<LocalAdapter>, Arc<Count>, Metrics) {
         let metrics = Metrics::new("test");
-        let spec = NamespaceSpec { app_id: "app".into(), metrics: metrics.app("app"), lifecycle: Arc::new(NoLifecycle) };
+        let spec =
+            NamespaceSpec { app_id: "app".into(), metrics: metrics.app("app"), lifecycle: Arc::new(NoLifecycle) };
         let adapter = Arc::new(LocalAdapter::new([spec]));
         let count = Arc::new(Count::default());
-        let pool = CleanupPool::start(config, adapter.clone(), count.clone(), CleanupMetrics::from_node(metrics.node()));
+        let pool =
+            CleanupPool::start(config, adapter.clone(), count.clone(), CleanupMetrics::from_node(metrics.node()));
         let app: Arc<str> = Arc::from("app");
         let mut conns = Vec::new();
         let request = Subscription { channel: "c".into(), member: None, max_members: 100, is_cache: false };

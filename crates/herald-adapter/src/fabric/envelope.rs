@@ -85,8 +85,12 @@ pub enum Question {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "a", rename_all = "snake_case")]
 pub enum Answer {
-    Count { count: usize },
-    Channels { channels: Vec<(String, usize)> },
+    Count {
+        count: usize,
+    },
+    Channels {
+        channels: Vec<(String, usize)>,
+    },
     /// `found`: the frame follows the header; `age_ms`: how long ago it
     /// was stored (the youngest answer wins).
     Cache {
@@ -171,7 +175,10 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_refused() {
-        assert!(matches!(decode(&Bytes::from_static(b"{\"v\":2,\"t\":\"bye\",\"n\":\"x\"}")), Err(DecodeError::Version(2))));
+        assert!(matches!(
+            decode(&Bytes::from_static(b"{\"v\":2,\"t\":\"bye\",\"n\":\"x\"}")),
+            Err(DecodeError::Version(2))
+        ));
         assert!(decode(&Bytes::from_static(b"hello")).is_err());
         assert!(decode(&Bytes::from_static(b"{\"v\":1,\"t\":\"nope\"}")).is_err());
     }

@@ -46,8 +46,8 @@ pub use transport::{escape_token, partition_of, FabricError, Inbound, Subject, T
 
 use crate::adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
 use crate::connection::{Connection, Frame};
-use crate::local::{Departure, LocalAdapter, Namespace, NamespaceSpec, SignInOutcome, SubscribeOutcome};
 use crate::local::UnsubscribeOutcome;
+use crate::local::{Departure, LocalAdapter, Namespace, NamespaceSpec, SignInOutcome, SubscribeOutcome};
 use crate::replica::{Change, NodeAppState, NodeId, Replica};
 use nodes::Peers;
 use survey::Survey;
@@ -74,13 +74,19 @@ pub struct ClusterConfig {
 }
 
 enum Outgoing {
-    Change { app: Arc<str>, change: Change },
+    Change {
+        app: Arc<str>,
+        change: Change,
+    },
     Heartbeat,
     Snapshot,
     /// Ask every node for a snapshot and send ours (start, reconnect).
     Hello,
     SyncRequest(NodeId),
-    Direct { subject: Subject, bytes: Bytes },
+    Direct {
+        subject: Subject,
+        bytes: Bytes,
+    },
     Bye(oneshot::Sender<()>),
 }
 
@@ -181,16 +187,8 @@ impl ClusterAdapter {
         metrics.cluster_nodes.set(1.0);
         metrics.fabric_up.set(0.0);
         tracing::info!(node = %me, fabric = transport.kind(), "cluster node starting");
-        let inner = Arc::new(Inner {
-            local,
-            core,
-            transport,
-            link,
-            survey: Survey::default(),
-            inbound,
-            config,
-            metrics,
-        });
+        let inner =
+            Arc::new(Inner { local, core, transport, link, survey: Survey::default(), inbound, config, metrics });
         tasks.spawn(receive(inner.clone(), inbound_rx, stop.clone()));
         tasks.spawn(publish(inner.clone(), outbox_rx, stop.clone()));
         tasks.spawn(tick(inner.clone(), stop.clone()));

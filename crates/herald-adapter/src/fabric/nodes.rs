@@ -113,8 +113,11 @@ impl Peers {
     pub fn expire(&self, timeout: Duration) -> Vec<NodeId> {
         let now = Instant::now();
         let mut peers = self.peers.lock();
-        let dead: Vec<NodeId> =
-            peers.iter().filter(|(_, p)| now.duration_since(p.last_heard) > timeout).map(|(id, _)| id.clone()).collect();
+        let dead: Vec<NodeId> = peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_heard) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in &dead {
             peers.remove(id);
         }

@@ -354,7 +354,10 @@ mod tests {
         assert_eq!(ns.unsubscribe(&a1, "presence-x"), Some(UnsubscribeOutcome::default()));
         let o = ns.unsubscribe(&a2, "presence-x").unwrap();
         assert_eq!(o.member_removed.as_deref(), Some("a"));
-        assert_eq!(drain(&mut rb), vec![r#"{"event":"pusher_internal:member_removed","channel":"presence-x","data":"{\"user_id\":\"a\"}"}"#]);
+        assert_eq!(
+            drain(&mut rb),
+            vec![r#"{"event":"pusher_internal:member_removed","channel":"presence-x","data":"{\"user_id\":\"a\"}"}"#]
+        );
         let d = ns.remove_connection(&b);
         assert!(d.channels[0].1.vacated);
         assert!(ns.local_channels().is_empty());
@@ -427,7 +430,12 @@ mod tests {
         let (u, _ru) = conn(2);
         let o = ns.sign_in(&u, "u", &[]);
         assert!(o.came_online);
-        assert_eq!(drain(&mut rw), vec![r#"{"event":"pusher_internal:watchlist_events","data":"{\"events\":[{\"name\":\"online\",\"user_ids\":[\"u\"]}]}"}"#]);
+        assert_eq!(
+            drain(&mut rw),
+            vec![
+                r#"{"event":"pusher_internal:watchlist_events","data":"{\"events\":[{\"name\":\"online\",\"user_ids\":[\"u\"]}]}"}"#
+            ]
+        );
         assert_eq!(ns.user_connections("u").len(), 1);
         let d = ns.remove_connection(&u).user.unwrap();
         assert!(d.went_offline);

@@ -134,8 +134,7 @@ async fn channel_attributes(
 /// 503 (retry, perhaps on another node), never a 200 for an event that went
 /// nowhere.
 fn internal(e: herald_adapter::AdapterError) -> ApiError {
-    let status =
-        if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let status = if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
     ApiError::new(status, e.to_string())
 }
 

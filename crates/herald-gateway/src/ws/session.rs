@@ -52,7 +52,11 @@ where
     }
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    send_counted(&conn, text_frame(message::connection_established(socket_id, activity_timeout.as_secs())), &app.metrics);
+    send_counted(
+        &conn,
+        text_frame(message::connection_established(socket_id, activity_timeout.as_secs())),
+        &app.metrics,
+    );
 
     let mut session = Session {
         state: state.clone(),
