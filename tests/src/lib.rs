@@ -367,6 +367,11 @@ impl WebhookReceiver {
         tokio::time::timeout(WAIT, self.requests.recv()).await.expect("a webhook within the wait").unwrap()
     }
 
+    /// The next request, waiting as long as it takes (wrap it in a timeout).
+    pub async fn next_opt(&mut self) -> Option<Hook> {
+        self.requests.recv().await
+    }
+
     /// Collects events until `done` says enough; returns them in order.
     pub async fn events_until(&mut self, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
         let mut events = Vec::new();

@@ -1,0 +1,346 @@
+//! Several `herald` processes joined by a real fabric — Redis, Redis Cluster
+//! (3 masters, sharded pub/sub) and NATS — driven by real WebSocket and REST
+//! clients: what a client on one node sees must be what it would see if
+//! every client were on one node. The same scenarios run on every fabric.
+
+use std::time::{Duration, Instant};
+
+use herald_e2e::{data, metric_value, Client, Closed, HeraldProcess, WebhookReceiver};
+use herald_test_servers::{NatsServer, RedisCluster, RedisServer};
+use serde_json::{json, Value};
+
+/// A fabric server (kept alive by the guard) and the env that points a node at it.
+enum Fabric {
+    Redis(RedisServer),
+    RedisCluster(RedisCluster),
+    Nats(NatsServer),
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Redis,
+    RedisCluster,
+    Nats,
+}
+
+impl Fabric {
+    fn start(kind: Kind) -> Self {
+        match kind {
+            Kind::Redis => Fabric::Redis(RedisServer::start()),
+            Kind::RedisCluster => Fabric::RedisCluster(RedisCluster::start(3)),
+            Kind::Nats => Fabric::Nats(NatsServer::start()),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Fabric::Redis(r) => vec![("HERALD_ADAPTER", "redis".into()), ("HERALD_REDIS_URL", r.url())],
+            Fabric::RedisCluster(c) => {
+                vec![("HERALD_ADAPTER", "redis-cluster".into()), ("HERALD_REDIS_CLUSTER_NODES", c.urls().join(","))]
+            }
+            Fabric::Nats(n) => vec![("HERALD_ADAPTER", "nats".into()), ("HERALD_NATS_SERVERS", n.url())],
+        }
+    }
+}
+
+/// Nodes on one fabric, started and waited for until each sees all.
+struct Cluster {
+    nodes: Vec<HeraldProcess>,
+    fabric: Fabric,
+}
+
+impl Cluster {
+    async fn start(kind: Kind, n: usize, extra: &[(&str, &str)]) -> Self {
+        herald_e2e::raise_fd_limit();
+        let fabric = Fabric::start(kind);
+        let prefix = format!("t{}", std::process::id());
+        let mut env: Vec<(&str, String)> = fabric.env();
+        env.push(("HERALD_ADAPTER_PREFIX", prefix));
+        env.push(("HERALD_HEARTBEAT_INTERVAL_MS", "200".into()));
+        env.push(("HERALD_NODE_TIMEOUT_MS", "2000".into()));
+        env.push(("HERALD_REQUEST_TIMEOUT_MS", "1000".into()));
+        for (k, v) in extra {
+            env.push((k, v.to_string()));
+        }
+        let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let nodes: Vec<HeraldProcess> = (0..n).map(|_| HeraldProcess::start(&env_refs)).collect();
+        let cluster = Self { nodes, fabric };
+        for node in &cluster.nodes {
+            eventually("node ready and seeing every node", || async {
+                let ready = reqwest::get(format!("http://{}/ready", node.addr)).await.is_ok_and(|r| r.status() == 200);
+                let seen = metric_value(&node.metrics().await, "herald_cluster_nodes", &[]);
+                ready && seen == Some(n as f64)
+            })
+            .await;
+        }
+        cluster
+    }
+
+    fn node(&self, i: usize) -> &HeraldProcess {
+        &self.nodes[i]
+    }
+}
+
+/// Polls `check` until it holds, failing after 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next frame that is not a ping.
+async fn next(client: &mut Client) -> Value {
+    loop {
+        let f = client.recv().await;
+        if f["event"] != "pusher:ping" {
+            return f;
+        }
+    }
+}
+
+/// Triggers an event through node `via` and checks the answer is 200.
+async fn trigger(cluster: &Cluster, via: usize, channel: &str, name: &str, data: &str) {
+    let (status, body) = cluster.node(via).rest().trigger(&[channel], name, data).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+/// Events reach every node both ways; `socket_id` exclusion and client
+/// events work across nodes.
+async fn delivery(kind: Kind) {
+    let cluster = Cluster::start(kind, 3, &[]).await;
+    let mut a = cluster.node(0).connect().await;
+    let mut b = cluster.node(1).connect().await;
+    a.subscribe("news").await;
+    b.subscribe("news").await;
+    trigger(&cluster, 2, "news", "e1", "from-c").await;
+    trigger(&cluster, 0, "news", "e2", "from-a").await;
+    trigger(&cluster, 1, "news", "e3", "from-b").await;
+    for client in [&mut a, &mut b] {
+        let got: Vec<Value> =
+            [next(client).await, next(client).await, next(client).await].iter().map(|f| f["event"].clone()).collect();
+        assert_eq!(got, vec![json!("e1"), json!("e2"), json!("e3")], "each event once, in order");
+    }
+    // Exclusion of a socket on another node than the one triggering.
+    let body = json!({"name": "skip", "channels": ["news"], "data": "x", "socket_id": a.socket_id});
+    assert_eq!(cluster.node(2).rest().post("/events", &body).await.0, 200);
+    trigger(&cluster, 2, "news", "after", "y").await;
+    assert_eq!(next(&mut b).await["event"], "skip");
+    assert_eq!(next(&mut b).await["event"], "after");
+    assert_eq!(next(&mut a).await["event"], "after", "the excluded socket skipped exactly one event");
+    // Client events from node 0 reach node 1, not the sender.
+    a.subscribe("private-chat").await;
+    b.subscribe("private-chat").await;
+    a.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "a"}})).await;
+    let f = next(&mut b).await;
+    assert_eq!((f["event"].clone(), data(&f)["who"].clone()), (json!("client-typing"), json!("a")));
+    trigger(&cluster, 1, "private-chat", "marker", "m").await;
+    assert_eq!(next(&mut a).await["event"], "marker", "the sender did not get its own client event");
+    drop(cluster.fabric);
+}
+
+/// The same user on two nodes is one member: one member_added, one
+/// member_removed, everywhere; lists and counts are the cluster's.
+async fn presence(kind: Kind) {
+    let cluster = Cluster::start(kind, 3, &[]).await;
+    let ch = "presence-room";
+    let mut watcher = cluster.node(2).connect().await;
+    watcher.subscribe_presence(ch, "w", json!({"name": "W"})).await;
+    let mut u1 = cluster.node(0).connect().await;
+    u1.subscribe_presence(ch, "u", json!({"name": "U"})).await;
+    let added = next(&mut watcher).await;
+    assert_eq!(added["event"], "pusher_internal:member_added");
+    assert_eq!(data(&added)["user_id"], "u");
+    let mut u2 = cluster.node(1).connect().await;
+    let ok = u2.subscribe_presence(ch, "u", json!({"name": "U"})).await;
+    let members = data(&ok)["presence"].clone();
+    assert_eq!(members["count"], 2, "{members}");
+    assert_eq!(members["hash"]["w"]["name"], "W", "a member on another node is listed");
+    let mut v = cluster.node(1).connect().await;
+    v.subscribe_presence(ch, "v", json!({})).await;
+    let f = next(&mut watcher).await;
+    assert_eq!(data(&f)["user_id"], "v", "no second member_added for u, then v: {f}");
+    for i in 0..3 {
+        let rest = cluster.node(i).rest();
+        let (status, users) = rest.get(&format!("/channels/{ch}/users"), &[]).await;
+        assert_eq!(status, 200);
+        let mut ids: Vec<String> =
+            users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, ["u", "v", "w"], "node {i}");
+        let (_, info) = rest.get(&format!("/channels/{ch}"), &[("info", "user_count,subscription_count")]).await;
+        assert_eq!(info, json!({"occupied": true, "user_count": 3, "subscription_count": 4}), "node {i}");
+    }
+    drop(u1);
+    v.send(json!({"event": "pusher:unsubscribe", "data": {"channel": ch}})).await;
+    let f = next(&mut watcher).await;
+    assert_eq!(
+        (f["event"].clone(), data(&f)["user_id"].clone()),
+        (json!("pusher_internal:member_removed"), json!("v")),
+        "u still has a socket on node 1, so only v left: {f}"
+    );
+    drop(u2);
+    let f = next(&mut watcher).await;
+    assert_eq!(
+        (f["event"].clone(), data(&f)["user_id"].clone()),
+        (json!("pusher_internal:member_removed"), json!("u"))
+    );
+}
+
+/// `GET /channels` and subscription counts add up over the nodes.
+async fn counts(kind: Kind) {
+    let cluster = Cluster::start(kind, 3, &[]).await;
+    let mut clients = Vec::new();
+    for (node, channel) in [(0, "alpha"), (1, "alpha"), (2, "alpha"), (1, "beta"), (2, "presence-p")] {
+        let mut c = cluster.node(node).connect().await;
+        if channel.starts_with("presence-") {
+            c.subscribe_presence(channel, "p1", json!({})).await;
+        } else {
+            c.subscribe(channel).await;
+        }
+        clients.push(c);
+    }
+    for i in 0..3 {
+        let rest = cluster.node(i).rest();
+        let (_, list) = rest.get("/channels", &[("info", "subscription_count")]).await;
+        assert_eq!(
+            list,
+            json!({"channels": {"alpha": {"subscription_count": 3}, "beta": {"subscription_count": 1},
+                                "presence-p": {"subscription_count": 1}}}),
+            "node {i}"
+        );
+        let (_, p) = rest.get("/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")]).await;
+        assert_eq!(p, json!({"channels": {"presence-p": {"user_count": 1}}}), "node {i}");
+        let (_, one) = rest.get("/channels/alpha", &[("info", "subscription_count")]).await;
+        assert_eq!(one, json!({"occupied": true, "subscription_count": 3}));
+    }
+    clients.clear();
+    eventually("every channel vacated everywhere", || async {
+        let mut empty = true;
+        for i in 0..3 {
+            empty &= cluster.node(i).rest().get("/channels", &[]).await.1 == json!({"channels": {}});
+        }
+        empty
+    })
+    .await;
+}
+
+/// `sendToUser` and `terminate_connections` reach the user on every node;
+/// watchers see the cluster's online/offline.
+async fn users(kind: Kind) {
+    let cluster = Cluster::start(kind, 3, &[]).await;
+    let mut watcher = cluster.node(2).connect().await;
+    let ok = watcher.sign_in(json!({"id": "w", "watchlist": ["u"]})).await;
+    assert_eq!(ok["event"], "pusher:signin_success");
+    let snapshot = next(&mut watcher).await;
+    assert!(snapshot.to_string().contains("offline"), "{snapshot}");
+    let mut u1 = cluster.node(0).connect().await;
+    u1.sign_in(json!({"id": "u"})).await;
+    let online = next(&mut watcher).await;
+    assert_eq!(data(&online)["events"], json!([{"name": "online", "user_ids": ["u"]}]));
+    let mut u2 = cluster.node(1).connect().await;
+    u2.sign_in(json!({"id": "u"})).await;
+    u1.subscribe("#server-to-user-u").await;
+    u2.subscribe("#server-to-user-u").await;
+    trigger(&cluster, 2, "#server-to-user-u", "to-u", "hi").await;
+    assert_eq!(next(&mut u1).await["event"], "to-u");
+    assert_eq!(next(&mut u2).await["event"], "to-u");
+    let (status, _) = cluster.node(2).rest().post("/users/u/terminate_connections", &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(u1.expect_close().await.0, Closed::Code(4009));
+    assert_eq!(u2.expect_close().await.0, Closed::Code(4009));
+    let offline = next(&mut watcher).await;
+    assert_eq!(
+        data(&offline)["events"],
+        json!([{"name": "offline", "user_ids": ["u"]}]),
+        "one offline, after the user's last connection anywhere closed (no online/offline per node)"
+    );
+}
+
+/// The last event of a cache channel, triggered through one node, is
+/// replayed to a subscriber on another; a miss only when no node has one.
+async fn cache(kind: Kind) {
+    let cluster = Cluster::start(kind, 2, &[]).await;
+    trigger(&cluster, 0, "cache-prices", "tick", "42").await;
+    let mut b = cluster.node(1).connect().await;
+    let ok = b.subscribe("cache-prices").await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+    let replay = next(&mut b).await;
+    assert_eq!((replay["event"].clone(), replay["data"].clone()), (json!("tick"), json!("42")));
+    b.subscribe("cache-empty").await;
+    assert_eq!(next(&mut b).await["event"], "pusher:cache_miss");
+}
+
+/// Webhooks are cluster facts: with every node posting to one receiver,
+/// each occupied / vacated / member_added / member_removed arrives once.
+async fn webhooks(kind: Kind) {
+    let mut receiver = WebhookReceiver::start(200).await;
+    let events = "channel_occupied,channel_vacated,member_added,member_removed";
+    let env = [("HERALD_APP_WEBHOOK_URL", receiver.url.as_str()), ("HERALD_APP_WEBHOOK_EVENTS", events)];
+    let cluster = Cluster::start(kind, 2, &env).await;
+    let mut clients = Vec::new();
+    for name in ["presence-h1", "presence-h2", "presence-h3"] {
+        for node in 0..2 {
+            let mut c = cluster.node(node).connect().await;
+            c.subscribe_presence(name, "same-user", json!({})).await;
+            clients.push(c);
+        }
+    }
+    clients.clear();
+    let mut got =
+        receiver.events_until(|events| events.iter().filter(|e| e["name"] == "channel_vacated").count() >= 3).await;
+    // Anything duplicated would arrive within the batching window; wait one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(Some(hook)) = tokio::time::timeout(Duration::from_millis(300), receiver.next_opt()).await {
+        got.extend(hook.json()["events"].as_array().cloned().unwrap_or_default());
+    }
+    let mut facts: Vec<String> = got
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["name"].as_str().unwrap(),
+                e["channel"].as_str().unwrap(),
+                e["user_id"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    facts.sort();
+    let mut expected = Vec::new();
+    for ch in ["presence-h1", "presence-h2", "presence-h3"] {
+        expected.push(format!("channel_occupied {ch} "));
+        expected.push(format!("channel_vacated {ch} "));
+        expected.push(format!("member_added {ch} same-user"));
+        expected.push(format!("member_removed {ch} same-user"));
+    }
+    expected.sort();
+    assert_eq!(facts, expected);
+}
+
+macro_rules! on_every_fabric {
+    ($($scenario:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Kind::Redis).await }) *
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Kind::RedisCluster).await }) *
+        }
+        mod nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Kind::Nats).await }) *
+        }
+    };
+}
+
+on_every_fabric!(delivery, presence, counts, users, cache, webhooks);
