@@ -397,6 +397,8 @@ pub struct HeraldProcess {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub app: AppConfig,
+    /// Every line the process logged so far (JSON).
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HeraldProcess {
@@ -419,8 +421,10 @@ impl HeraldProcess {
             .expect("herald starts");
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr, metrics_addr) = loop {
             let line = lines.next().expect("herald logs its address").unwrap();
+            logs.lock().unwrap().push(line.clone());
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if let (Some(a), Some(m)) = (v["addr"].as_str(), v["metrics_addr"].as_str()) {
                     break (a.parse().unwrap(), m.parse().unwrap());
@@ -428,8 +432,44 @@ impl HeraldProcess {
             }
         };
         // Keep draining its output so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, metrics_addr, app: AppConfig::default() }
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr, metrics_addr, app: AppConfig::default(), logs }
+    }
+
+    /// Log lines containing `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        self.logs.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// `kill -9`: the process dies without a word to anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a graceful drain) without waiting for the exit.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit, up to `within`; returns whether it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn ws_url(&self) -> String {

@@ -47,6 +47,7 @@ impl Fabric {
 struct Cluster {
     nodes: Vec<HeraldProcess>,
     fabric: Fabric,
+    prefix: String,
 }
 
 impl Cluster {
@@ -55,7 +56,7 @@ impl Cluster {
         let fabric = Fabric::start(kind);
         let prefix = format!("t{}", std::process::id());
         let mut env: Vec<(&str, String)> = fabric.env();
-        env.push(("HERALD_ADAPTER_PREFIX", prefix));
+        env.push(("HERALD_ADAPTER_PREFIX", prefix.clone()));
         env.push(("HERALD_HEARTBEAT_INTERVAL_MS", "200".into()));
         env.push(("HERALD_NODE_TIMEOUT_MS", "2000".into()));
         env.push(("HERALD_REQUEST_TIMEOUT_MS", "1000".into()));
@@ -64,7 +65,7 @@ impl Cluster {
         }
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let nodes: Vec<HeraldProcess> = (0..n).map(|_| HeraldProcess::start(&env_refs)).collect();
-        let cluster = Self { nodes, fabric };
+        let cluster = Self { nodes, fabric, prefix };
         for node in &cluster.nodes {
             eventually("node ready and seeing every node", || async {
                 let ready = reqwest::get(format!("http://{}/ready", node.addr)).await.is_ok_and(|r| r.status() == 200);
@@ -326,6 +327,140 @@ async fn webhooks(kind: Kind) {
     assert_eq!(facts, expected);
 }
 
+/// A backend publishes an envelope straight into the fabric with a plain
+/// client (docs/fabric.md): `redis-cli PUBLISH`, `redis-cli -c SPUBLISH`,
+/// or the NATS text protocol over a bare TCP socket.
+async fn backend_publish(kind: Kind) {
+    let cluster = Cluster::start(kind, 2, &[]).await;
+    let mut a = cluster.node(0).connect().await;
+    let mut b = cluster.node(1).connect().await;
+    a.subscribe("orders").await;
+    b.subscribe("orders").await;
+    let header = r#"{"v":1,"t":"event","app":"app-id","channel":"orders"}"#;
+    let frame = r#"{"event":"created","channel":"orders","data":"{\"id\":1}"}"#;
+    let payload = format!("{header}\n{frame}");
+    match &cluster.fabric {
+        Fabric::Redis(r) => {
+            let name = format!("{}:app:app-id", cluster.prefix);
+            redis_cli(&["-p", &r.port().to_string(), "PUBLISH", &name, &payload]);
+        }
+        Fabric::RedisCluster(c) => {
+            // The documented rule, computed independently of Herald's code.
+            const TAGS: [&str; 16] = [
+                "p0-0", "p1-3", "p2-11", "p3-12", "p4-41", "p5-42", "p6-61", "p7-62", "p8-11", "p9-12", "p10-12",
+                "p11-11", "p12-20", "p13-23", "p14-2", "p15-1",
+            ];
+            let mut h: u32 = 0x811c9dc5;
+            for b in "orders".bytes() {
+                h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
+            }
+            let name = format!("{}:app:app-id:{{{}}}", cluster.prefix, TAGS[(h % 16) as usize]);
+            redis_cli(&["-c", "-p", &c.ports()[0].to_string(), "SPUBLISH", &name, &payload]);
+        }
+        Fabric::Nats(n) => nats_pub(n.port(), &format!("{}.app.app-id", cluster.prefix), &payload).await,
+    }
+    for client in [&mut a, &mut b] {
+        let f = next(client).await;
+        assert_eq!((f["event"].clone(), data(&f)["id"].clone()), (json!("created"), json!(1)));
+    }
+}
+
+fn redis_cli(args: &[&str]) {
+    let out = std::process::Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli runs (Debian package redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.trim() != "0", "redis-cli {args:?}: {text} (no subscriber received it)");
+}
+
+/// Publishes with the NATS text protocol: CONNECT, PUB, PING → PONG.
+async fn nats_pub(port: u16, subject: &str, payload: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let msg = format!("CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n", payload.len());
+    stream.get_mut().write_all(msg.as_bytes()).await.unwrap();
+    line.clear();
+    stream.read_line(&mut line).await.unwrap();
+    assert_eq!(line.trim(), "PONG", "the server took the publish");
+}
+
+/// A node whose fabric cannot be reached says so, is not ready, refuses to
+/// accept events it could not spread (503), and recovers by itself when
+/// the fabric appears.
+async fn unreachable_fabric(kind: Kind) {
+    let ports = match kind {
+        Kind::RedisCluster => herald_test_servers::free_cluster_ports(3),
+        _ => vec![herald_test_servers::free_port()],
+    };
+    let port = ports[0];
+    let urls = |scheme: &str| ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let (adapter, key, url) = match kind {
+        Kind::Nats => ("nats", "HERALD_NATS_SERVERS", urls("nats")),
+        Kind::Redis => ("redis", "HERALD_REDIS_URL", urls("redis")),
+        Kind::RedisCluster => ("redis-cluster", "HERALD_REDIS_CLUSTER_NODES", urls("redis")),
+    };
+    let node = HeraldProcess::start(&[("HERALD_ADAPTER", adapter), (key, &url), ("HERALD_ADAPTER_PREFIX", "u")]);
+    let ready = || async { reqwest::get(format!("http://{}/ready", node.addr)).await.unwrap().status().as_u16() };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ready().await, 503);
+    let (status, body) = node.rest().trigger(&["c"], "e", "d").await;
+    assert_eq!(status, 503, "never a 200 for an event that went nowhere: {body}");
+    eventually("an error naming the URL", || async {
+        node.logged("\"level\":\"ERROR\"").iter().any(|l| l.contains(&format!("127.0.0.1:{port}")))
+    })
+    .await;
+    let _server: Box<dyn std::any::Any> = match kind {
+        Kind::Nats => Box::new(NatsServer::start_on(port)),
+        Kind::Redis => Box::new(RedisServer::start_on(port)),
+        Kind::RedisCluster => Box::new(RedisCluster::start_on(&ports)),
+    };
+    eventually("ready once the fabric is up", || async { ready().await == 200 }).await;
+    assert_eq!(node.rest().trigger(&["c"], "e", "d").await.0, 200);
+}
+
+/// A node killed with SIGKILL leaves no ghost: after the node timeout its
+/// members are removed everywhere; a SIGTERM'd node says goodbye at once.
+async fn node_death(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 3, &[("HERALD_SHUTDOWN_GRACE", "1")]).await;
+    let ch = "presence-lobby";
+    let mut watcher = cluster.node(0).connect().await;
+    watcher.subscribe_presence(ch, "watcher", json!({})).await;
+    let mut doomed = cluster.node(1).connect().await;
+    doomed.subscribe_presence(ch, "ghost", json!({})).await;
+    let mut polite = cluster.node(2).connect().await;
+    polite.subscribe_presence(ch, "polite", json!({})).await;
+    for user in ["ghost", "polite"] {
+        let f = next(&mut watcher).await;
+        assert_eq!(data(&f)["user_id"], user);
+    }
+    let killed = Instant::now();
+    cluster.nodes[1].kill();
+    let f = next(&mut watcher).await;
+    assert_eq!(
+        (f["event"].clone(), data(&f)["user_id"].clone()),
+        (json!("pusher_internal:member_removed"), json!("ghost"))
+    );
+    let took = killed.elapsed();
+    assert!(took >= Duration::from_millis(1500), "removed only once declared dead ({took:?})");
+    assert!(took < Duration::from_secs(4), "within node_timeout + 2 s ({took:?})");
+    let said_bye = Instant::now();
+    cluster.nodes[2].terminate();
+    let f = next(&mut watcher).await;
+    assert_eq!(
+        (f["event"].clone(), data(&f)["user_id"].clone()),
+        (json!("pusher_internal:member_removed"), json!("polite"))
+    );
+    assert!(said_bye.elapsed() < Duration::from_millis(1500), "a goodbye is not a timeout ({:?})", said_bye.elapsed());
+    let (_, users) = cluster.node(0).rest().get(&format!("/channels/{ch}/users"), &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
+    assert!(cluster.nodes[2].wait_exit(Duration::from_secs(5)));
+}
+
 macro_rules! on_every_fabric {
     ($($scenario:ident),* $(,)?) => {
         mod redis {
@@ -343,4 +478,4 @@ macro_rules! on_every_fabric {
     };
 }
 
-on_every_fabric!(delivery, presence, counts, users, cache, webhooks);
+on_every_fabric!(delivery, presence, counts, users, cache, webhooks, backend_publish, unreachable_fabric, node_death);

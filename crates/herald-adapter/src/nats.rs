@@ -152,7 +152,9 @@ struct Supervisor {
 impl Supervisor {
     async fn run(self) {
         let mut outage = Outage::new("nats", self.url.clone());
-        let (events_tx, events) = mpsc::unbounded_channel();
+        // Connection events are rare; a bounded queue with backpressure on the
+        // client's event task (never dropping a Disconnected).
+        let (events_tx, events) = mpsc::channel(64);
         let options = ConnectOptions::new()
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -167,7 +169,7 @@ impl Supervisor {
             .event_callback(move |event| {
                 let events_tx = events_tx.clone();
                 async move {
-                    let _ = events_tx.send(event);
+                    let _ = events_tx.send(event).await;
                 }
             });
         // With retry_on_initial_connect this returns at once; it fails only
@@ -213,7 +215,7 @@ impl Supervisor {
         self.shared.client.write().take();
     }
 
-    async fn follow_events(&self, client: &Client, mut events: mpsc::UnboundedReceiver<Event>, outage: &mut Outage) {
+    async fn follow_events(&self, client: &Client, mut events: mpsc::Receiver<Event>, outage: &mut Outage) {
         let mut backoff = Backoff::new();
         // When to (re)confirm the subscriptions with a flush.
         let mut confirm_at: Option<tokio::time::Instant> = None;
