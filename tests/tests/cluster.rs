@@ -48,10 +48,11 @@ struct Cluster {
     nodes: Vec<HeraldProcess>,
     fabric: Fabric,
     prefix: String,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
-    async fn start(kind: Kind, n: usize, extra: &[(&str, &str)]) -> Self {
+    async fn start(kind: Kind, n: usize, extra: &[(&'static str, &str)]) -> Self {
         herald_e2e::raise_fd_limit();
         let fabric = Fabric::start(kind);
         let prefix = format!("t{}", std::process::id());
@@ -65,7 +66,7 @@ impl Cluster {
         }
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let nodes: Vec<HeraldProcess> = (0..n).map(|_| HeraldProcess::start(&env_refs)).collect();
-        let cluster = Self { nodes, fabric, prefix };
+        let cluster = Self { nodes, fabric, prefix, env };
         for node in &cluster.nodes {
             eventually("node ready and seeing every node", || async {
                 let ready = reqwest::get(format!("http://{}/ready", node.addr)).await.is_ok_and(|r| r.status() == 200);
@@ -75,6 +76,13 @@ impl Cluster {
             .await;
         }
         cluster
+    }
+
+    /// Starts one more node on the same fabric and returns at once.
+    fn add_node(&mut self) -> &HeraldProcess {
+        let env_refs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.nodes.push(HeraldProcess::start(&env_refs));
+        self.nodes.last().unwrap()
     }
 
     fn node(&self, i: usize) -> &HeraldProcess {
@@ -461,6 +469,31 @@ async fn node_death(kind: Kind) {
     assert!(cluster.nodes[2].wait_exit(Duration::from_secs(5)));
 }
 
+/// A node delivers across the cluster from its first second: no waiting
+/// for a discovery heartbeat before its publishes reach the others.
+async fn first_second(kind: Kind) {
+    let extra = [("HERALD_HEARTBEAT_INTERVAL_MS", "5000"), ("HERALD_NODE_TIMEOUT_MS", "20000")];
+    let mut cluster = Cluster::start(kind, 1, &extra).await;
+    let mut a = cluster.node(0).connect().await;
+    a.subscribe("early").await;
+    let started = Instant::now();
+    let b = cluster.add_node();
+    let rest = b.rest();
+    let mut attempt = 0;
+    let accepted = loop {
+        attempt += 1;
+        let (status, _) = rest.trigger(&["early"], "hello", &attempt.to_string()).await;
+        if status == 200 {
+            break attempt;
+        }
+        assert_eq!(status, 503, "before its fabric is up a node refuses events");
+        assert!(started.elapsed() < Duration::from_secs(1), "no 200 within the first second");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let f = next(&mut a).await;
+    assert_eq!((f["event"].clone(), f["data"].clone()), (json!("hello"), json!(accepted.to_string())));
+}
+
 macro_rules! on_every_fabric {
     ($($scenario:ident),* $(,)?) => {
         mod redis {
@@ -478,4 +511,15 @@ macro_rules! on_every_fabric {
     };
 }
 
-on_every_fabric!(delivery, presence, counts, users, cache, webhooks, backend_publish, unreachable_fabric, node_death);
+on_every_fabric!(
+    delivery,
+    presence,
+    counts,
+    users,
+    cache,
+    webhooks,
+    backend_publish,
+    unreachable_fabric,
+    node_death,
+    first_second
+);

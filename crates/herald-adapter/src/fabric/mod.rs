@@ -500,13 +500,15 @@ async fn tick(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                // Cut off from the fabric we hear nobody: that is no news
+                // about the peers, so none is declared dead meanwhile.
                 if *link.borrow() {
                     inner.core.send(Outgoing::Heartbeat);
-                }
-                for dead in inner.core.peers.expire(inner.config.node_timeout) {
-                    tracing::warn!(node = %dead, timeout_ms = inner.config.node_timeout.as_millis() as u64,
-                        "node declared dead: no heartbeat within the node timeout");
-                    inner.forget(&dead);
+                    for dead in inner.core.peers.expire(inner.config.node_timeout) {
+                        tracing::warn!(node = %dead, timeout_ms = inner.config.node_timeout.as_millis() as u64,
+                            "node declared dead: no heartbeat within the node timeout");
+                        inner.forget(&dead);
+                    }
                 }
                 inner.metrics.cluster_nodes.set(inner.core.peers.count() as f64);
                 let dropped = inner.inbound.dropped();
@@ -524,7 +526,10 @@ async fn tick(inner: Arc<Inner>, stop: CancellationToken) {
                 inner.metrics.fabric_up.set(if up { 1.0 } else { 0.0 });
                 if up {
                     *inner.core.warm_until.lock() = Some(Instant::now() + warm);
+                    inner.core.peers.touch_all();
                     inner.core.send(Outgoing::Hello);
+                } else {
+                    tracing::warn!(fabric = inner.transport.kind(), "cluster fabric lost: not ready, peers' state frozen until it is back");
                 }
             }
             _ = stop.cancelled() => break,

@@ -124,6 +124,16 @@ impl Peers {
         dead
     }
 
+    /// Counts every peer as just heard: after this node's own link was down
+    /// it heard nobody, which says nothing about them; they get a fresh
+    /// `node_timeout` to show up again.
+    pub fn touch_all(&self) {
+        let now = Instant::now();
+        for peer in self.peers.lock().values_mut() {
+            peer.last_heard = now;
+        }
+    }
+
     /// Every live peer (this node excluded).
     pub fn live(&self) -> Vec<NodeId> {
         self.peers.lock().keys().cloned().collect()
