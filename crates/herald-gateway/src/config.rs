@@ -180,7 +180,7 @@ settings! {
     nats_servers: List = "nats://127.0.0.1:4222", "HERALD_NATS_SERVERS" => nats_servers: Vec<String> = Vec::from;
     /// Prefix of every fabric key and subject, to separate clusters sharing one Redis or NATS.
     adapter_prefix: String = "herald", "HERALD_ADAPTER_PREFIX" => adapter_prefix: String, check prefix;
-    /// Milliseconds a node waits for other nodes' answers (e.g. channel or presence queries).
+    /// Milliseconds a node waits for other nodes' answers (subscription counts, channel lists, cache values).
     request_timeout_ms: u64 = "1000", "HERALD_REQUEST_TIMEOUT_MS"
         => request_timeout: Duration = Duration::from_millis, check millis(1);
     /// Milliseconds between this node's heartbeats to the cluster.

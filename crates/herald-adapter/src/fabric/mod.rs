@@ -321,6 +321,12 @@ impl Inner {
                     self.metrics.fabric_errors.increment(1);
                     return;
                 };
+                if text.is_empty() {
+                    // An event envelope without its frame: nothing to deliver.
+                    self.metrics.fabric_errors.increment(1);
+                    tracing::debug!(app, channel, "event envelope without a frame dropped");
+                    return;
+                }
                 let frame = Frame::Text(text);
                 if cache {
                     ns.set_cached(&channel, frame.clone());
@@ -353,7 +359,8 @@ impl Inner {
             }
             Body::Snap { n, seq, apps } if n != me => {
                 let node: NodeId = n.into();
-                self.core.peers.on_snapshot(&node, seq);
+                let conns = apps.iter().map(|(app, state)| (app.clone(), state.connections)).collect();
+                self.core.peers.on_snapshot(&node, seq, conns);
                 let quiet = self.core.warming();
                 let empty = NodeAppState::default();
                 for ns in self.local.namespaces() {
@@ -372,8 +379,9 @@ impl Inner {
                 if self.core.peers.on_message(&node) {
                     self.resync(node.clone());
                 }
-                let Some(ns) = self.local.namespace(&app) else { return };
-                let (answer, payload) = answer(ns, q);
+                // A node that does not serve the app still answers (nothing),
+                // so the asker need not wait for its deadline.
+                let (answer, payload) = answer(self.local.namespace(&app).map(|ns| &**ns), q);
                 let reply = encode(Body::Rep { n: me.to_string(), id, a: answer }, payload.as_deref());
                 self.core.send(Outgoing::Direct { subject: Subject::Node(node), bytes: reply });
             }
@@ -408,8 +416,15 @@ impl Inner {
     }
 }
 
-/// This node's answer to a question.
-fn answer(ns: &Namespace, question: Question) -> (Answer, Option<Vec<u8>>) {
+/// This node's answer to a question (`None`: it does not serve the app).
+fn answer(ns: Option<&Namespace>, question: Question) -> (Answer, Option<Vec<u8>>) {
+    let Some(ns) = ns else {
+        return match question {
+            Question::Count { .. } => (Answer::Count { count: 0 }, None),
+            Question::Channels => (Answer::Channels { channels: Vec::new() }, None),
+            Question::Cache { .. } => (Answer::Cache { found: false, age_ms: 0 }, None),
+        };
+    };
     match question {
         Question::Count { channel } => (Answer::Count { count: ns.subscription_count(&channel) }, None),
         Question::Channels => (Answer::Channels { channels: ns.local_channels() }, None),
@@ -570,9 +585,10 @@ impl Adapter for ClusterAdapter {
         request: Subscription,
     ) -> Result<SubscribeOutcome, AdapterError> {
         let ns = self.inner.local.ns(app_id)?;
+        let subscribed_at = std::time::Instant::now();
         let mut outcome = ns.subscribe(conn, &request, true)?;
         if outcome.cache_miss {
-            outcome.cache_miss = !self.replay_from_peers(ns, conn, &request.channel).await;
+            outcome.cache_miss = !self.replay_from_peers(ns, conn, &request.channel, subscribed_at).await;
         }
         Ok(outcome)
     }
@@ -604,6 +620,11 @@ impl Adapter for ClusterAdapter {
         except: Option<SocketId>,
         remember: bool,
     ) -> Result<usize, AdapterError> {
+        // Refuse while cut off, before delivering anything: the caller gets
+        // an error for an event that reached nobody, and may retry.
+        if !self.inner.link_up() {
+            return Err(self.inner.down());
+        }
         let delivered = self.inner.local.broadcast(app_id, channel, frame.clone(), except, remember).await?;
         self.inner.publish_event(app_id, channel, &frame, except, remember).await?;
         Ok(delivered)
@@ -665,10 +686,17 @@ impl Adapter for ClusterAdapter {
 }
 
 impl ClusterAdapter {
-    /// A cache channel missed here: take the youngest last event a peer has,
-    /// unless a live event reached this node meanwhile. Returns whether the
-    /// subscriber got an event (else it gets `cache_miss`).
-    async fn replay_from_peers(&self, ns: &Namespace, conn: &Arc<Connection>, channel: &str) -> bool {
+    /// A cache channel missed here: take the youngest last event a peer has
+    /// (or one another subscriber's replay stored meanwhile), unless a live
+    /// event reached this subscriber since it subscribed. Returns whether
+    /// the subscriber got an event (else it gets `cache_miss`).
+    async fn replay_from_peers(
+        &self,
+        ns: &Namespace,
+        conn: &Arc<Connection>,
+        channel: &str,
+        subscribed_at: std::time::Instant,
+    ) -> bool {
         let answers = self.inner.ask(&ns.app_id, Question::Cache { channel: channel.to_string() }).await;
         let youngest = answers
             .unwrap_or_default()
@@ -677,17 +705,23 @@ impl ClusterAdapter {
                 Answer::Cache { found: true, age_ms } => Some((age_ms, payload)),
                 _ => None,
             })
+            .filter(|(_, payload)| !payload.is_empty())
             .min_by_key(|(age, _)| *age);
-        if ns.cached(channel).is_some() {
-            return true;
+        let event = match youngest.and_then(|(age, p)| Some((age, Utf8Bytes::try_from(p).ok()?))) {
+            Some((age, text)) => Some(ns.set_replayed(channel, Frame::Text(text), Duration::from_millis(age))),
+            None => ns.cached(channel),
+        };
+        match event {
+            // Triggered live after this subscription: it was delivered to it.
+            Some(event) if !event.replayed && event.stored >= subscribed_at => true,
+            Some(event) => {
+                ns.send_to(conn, event.frame);
+                true
+            }
+            None => {
+                ns.send_to(conn, crate::text_frame(message::cache_miss(channel)));
+                false
+            }
         }
-        if let Some(text) = youngest.and_then(|(_, payload)| Utf8Bytes::try_from(payload).ok()) {
-            let frame = Frame::Text(text);
-            ns.set_cached(channel, frame.clone());
-            ns.send_to(conn, frame);
-            return true;
-        }
-        ns.send_to(conn, crate::text_frame(message::cache_miss(channel)));
-        false
     }
 }

@@ -94,12 +94,13 @@ impl Peers {
     }
 
     /// A snapshot as of `seq` arrived and is being applied.
-    pub fn on_snapshot(&self, node: &NodeId, seq: u64) {
+    pub fn on_snapshot(&self, node: &NodeId, seq: u64, conns: HashMap<String, usize>) {
         let now = Instant::now();
         let mut peers = self.peers.lock();
         let peer = peers.entry(node.clone()).or_insert_with(|| Peer::new(now));
         peer.last_heard = now;
         peer.seq = seq;
+        peer.conns = conns;
         peer.synced = true;
         peer.sync_asked = None;
     }
@@ -221,7 +222,7 @@ mod tests {
         let other = id("other");
         assert!(p.on_change(&other, 5), "unknown node");
         assert!(!p.on_change(&other, 6), "already asked");
-        p.on_snapshot(&other, 6);
+        p.on_snapshot(&other, 6, HashMap::new());
         assert!(!p.on_change(&other, 7));
         assert!(!p.on_heartbeat(&other, 7, HashMap::new()));
         assert!(p.on_heartbeat(&other, 9, HashMap::new()), "changes 8 and 9 were lost");

@@ -203,8 +203,11 @@ pub async fn channel(state: &State, app: &App, name: &str, info: Option<&str>) -
     if info.iter().any(|i| i == "user_count") && parsed.kind() != ChannelKind::Presence {
         return Err(ApiError::bad_request("user_count is only available for presence channels"));
     }
-    let count = state.adapter.subscription_count(&app.config.id, name).await.map_err(internal)?;
     let mut out = channel_attributes(state, app, name, &info).await?;
+    let count = match out.get("subscription_count").and_then(Value::as_u64) {
+        Some(count) => count as usize,
+        None => state.adapter.subscription_count(&app.config.id, name).await.map_err(internal)?,
+    };
     out.insert("occupied".into(), json!(count > 0));
     Ok(Value::Object(out))
 }
