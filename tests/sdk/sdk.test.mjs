@@ -106,8 +106,10 @@ test('cache channel: cache_miss first, then the last event replayed', async () =
   const miss = once(ch, 'pusher:cache_miss');
   await subscribed(ch);
   await miss;
+  // Listen before triggering: the frame can arrive before the REST answer.
+  const live = once(ch, 'score');
   await sdk.trigger('cache-scores', 'score', { v: 7 });
-  await once(ch, 'score');
+  await live;
 
   const second = track(client(herald.port));
   const ch2 = second.subscribe('cache-scores');
