@@ -124,5 +124,61 @@ fn fanout_waking(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, fanout_waking);
+/// The design choice behind the local fan-out, measured: a synchronous
+/// `try_send` into every bounded queue (what `Namespace::broadcast` does)
+/// against awaiting `send` per recipient through a `buffer_unordered(64)`
+/// stream (the per-recipient future some servers use). Same 19,000 bounded
+/// queues, same shared frame, queues drained between iterations.
+fn fanout_strategies(c: &mut Criterion) {
+    use futures_util::StreamExt;
+    let mut group = c.benchmark_group("fanout_strategies");
+    group.measurement_time(Duration::from_secs(3));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let subscribers = 19_000usize;
+    group.throughput(Throughput::Elements(subscribers as u64));
+    let (senders, mut receivers): (Vec<_>, Vec<_>) =
+        (0..subscribers).map(|_| tokio::sync::mpsc::channel::<Frame>(64)).unzip();
+    let frame = text_frame("x".repeat(180));
+    group.bench_function(BenchmarkId::new("try_send_loop", subscribers), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let mut queued = 0usize;
+                for tx in &senders {
+                    queued += usize::from(tx.try_send(frame.clone()).is_ok());
+                }
+                total += started.elapsed();
+                black_box(queued);
+                drain(&mut receivers);
+            }
+            total
+        })
+    });
+    group.bench_function(BenchmarkId::new("buffer_unordered_64", subscribers), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let queued = futures_util::stream::iter(&senders)
+                        .map(|tx| {
+                            let frame = frame.clone();
+                            async move { tx.send(frame).await.is_ok() }
+                        })
+                        .buffer_unordered(64)
+                        .fold(0usize, |n, ok| async move { n + usize::from(ok) })
+                        .await;
+                    total += started.elapsed();
+                    black_box(queued);
+                    drain(&mut receivers);
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fanout, fanout_waking, fanout_strategies);
 criterion_main!(benches);
