@@ -452,7 +452,7 @@ async fn receive(inner: Arc<Inner>, mut queue: mpsc::Receiver<Bytes>, stop: Canc
 }
 
 /// The one task that publishes control messages, in order, numbering
-/// changes as it goes.
+/// changes as it goes, until the goodbye.
 async fn publish(inner: Arc<Inner>, mut queue: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
     let mut seq: u64 = 0;
     let n = inner.me().to_string();
@@ -500,6 +500,10 @@ async fn publish(inner: Arc<Inner>, mut queue: mpsc::Receiver<Outgoing>, stop: C
         }
         if let Some(ack) = ack {
             let _ = ack.send(());
+            // The goodbye is the node's last word: a heartbeat or change
+            // queued meanwhile would make the peers take it for alive again
+            // until the node timeout.
+            break;
         }
     }
 }
@@ -723,5 +727,73 @@ impl ClusterAdapter {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_metrics::Metrics;
+
+    /// A fabric that records what the node publishes; its link is up.
+    struct Recording {
+        published: Mutex<Vec<Body>>,
+        _link: watch::Sender<bool>,
+    }
+
+    #[async_trait]
+    impl Transport for Recording {
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+
+        async fn publish(&self, _subject: &Subject, payload: Bytes) -> Result<(), FabricError> {
+            let (body, _) = decode(&payload).expect("the node's own envelopes decode");
+            self.published.lock().push(body);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_published_after_the_goodbye() {
+        let metrics = Metrics::new("n");
+        let config = ClusterConfig {
+            node_name: "n".into(),
+            prefix: "p".into(),
+            request_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(3600),
+            node_timeout: Duration::from_secs(3600),
+            inbound_queue: 16,
+            partitions: 1,
+        };
+        let recording: Arc<Mutex<Option<Arc<Recording>>>> = Arc::default();
+        let slot = recording.clone();
+        let node = ClusterAdapter::start(Vec::<NamespaceSpec>::new(), config, metrics.node().clone(), move |spec| {
+            spec.link.send_replace(true);
+            let transport = Arc::new(Recording { published: Mutex::default(), _link: spec.link });
+            *slot.lock() = Some(transport.clone());
+            transport as Arc<dyn Transport>
+        });
+        let recording = recording.lock().clone().unwrap();
+        // A heartbeat queued right behind the goodbye (the tick task may do
+        // that while `shutdown` waits for the goodbye to go out).
+        let (done, acked) = oneshot::channel();
+        node.inner.core.send(Outgoing::Bye(done));
+        node.inner.core.send(Outgoing::Heartbeat);
+        acked.await.unwrap();
+        // Positive control: the publisher stops at the goodbye (its queue
+        // closes), so everything it was going to publish is recorded.
+        let stopped = tokio::time::timeout(Duration::from_secs(1), async {
+            while !node.inner.core.outbox.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let published = recording.published.lock().clone();
+        let after: Vec<&Body> = published.iter().skip_while(|b| !matches!(b, Body::Bye { .. })).skip(1).collect();
+        assert!(after.is_empty(), "published after the goodbye (peers take the node for alive again): {after:?}");
+        assert!(stopped, "the publisher kept running after the goodbye");
+        node.shutdown().await;
     }
 }
