@@ -69,6 +69,23 @@ pub enum Body {
     Term { n: String, app: String, user: String },
 }
 
+impl Body {
+    /// The node that sent it (`None` for events, which backends publish too).
+    pub fn sender(&self) -> Option<&str> {
+        match self {
+            Body::Event { .. } => None,
+            Body::Change { n, .. }
+            | Body::Hb { n, .. }
+            | Body::Sync { n, .. }
+            | Body::Snap { n, .. }
+            | Body::Bye { n }
+            | Body::Req { n, .. }
+            | Body::Rep { n, .. }
+            | Body::Term { n, .. } => Some(n),
+        }
+    }
+}
+
 /// What a node can be asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "q", rename_all = "snake_case")]

@@ -311,6 +311,9 @@ impl Inner {
             }
         };
         let me = &**self.me();
+        if body.sender().is_some_and(|n| self.core.peers.departed(n)) {
+            return;
+        }
         match body {
             Body::Event { app, channel, except, origin, cache } => {
                 if origin.as_deref() == Some(me) {

@@ -17,6 +17,10 @@ use crate::replica::NodeId;
 /// How long a requested snapshot may take before it is asked for again.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
 
+/// Goodbyes remembered, so a late message of a departed node cannot bring
+/// it back (ids are unique per process start, so none ever returns).
+const DEPARTED_KEPT: usize = 1024;
+
 struct Peer {
     last_heard: Instant,
     /// Last change number applied (or announced by a heartbeat).
@@ -49,11 +53,12 @@ impl Peer {
 pub(super) struct Peers {
     me: NodeId,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    departed: Mutex<std::collections::VecDeque<NodeId>>,
 }
 
 impl Peers {
     pub fn new(me: NodeId) -> Self {
-        Self { me, peers: Mutex::default() }
+        Self { me, peers: Mutex::default(), departed: Mutex::default() }
     }
 
     pub fn me(&self) -> &NodeId {
@@ -105,9 +110,20 @@ impl Peers {
         peer.sync_asked = None;
     }
 
-    /// Forgets `node` (goodbye). Returns whether it was known.
+    /// Forgets `node` for good (goodbye). Returns whether it was known.
     pub fn remove(&self, node: &NodeId) -> bool {
+        let mut departed = self.departed.lock();
+        if departed.len() == DEPARTED_KEPT {
+            departed.pop_front();
+        }
+        departed.push_back(node.clone());
+        drop(departed);
         self.peers.lock().remove(node).is_some()
+    }
+
+    /// Whether `node` said goodbye: its late messages are ignored.
+    pub fn departed(&self, node: &str) -> bool {
+        self.departed.lock().iter().any(|d| &**d == node)
     }
 
     /// Forgets and returns every peer silent for longer than `timeout`.
@@ -226,6 +242,14 @@ mod tests {
         assert!(!p.on_change(&other, 7));
         assert!(!p.on_heartbeat(&other, 7, HashMap::new()));
         assert!(p.on_heartbeat(&other, 9, HashMap::new()), "changes 8 and 9 were lost");
+    }
+
+    #[test]
+    fn a_departed_node_stays_gone() {
+        let p = Peers::new(id("me"));
+        p.on_message(&id("x"));
+        assert!(p.remove(&id("x")));
+        assert!(p.departed("x") && !p.departed("y"));
     }
 
     #[test]
