@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fabric=${1:?single|redis|nats}; scenario=${2:?fanout|latency}; shift 2
 cargo build --release -q -p herald-gateway -p herald-loadgen
+bin=${HERALD_BIN:-target/release/herald}  # e.g. an older build, for a before/after
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -23,10 +24,10 @@ case "$fabric" in
   single) ;;
   redis)
     rp=$(port); taskset -c 0 redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning &
-    pids+=($!); fabric_env=(--adapter redis --redis-url "redis://127.0.0.1:$rp") ;;
+    pids+=($!); fabric_env=(--adapter redis --redis-url "redis://127.0.0.1:$rp" --adapter-prefix "bench$$") ;;
   nats)
     np=$(port); taskset -c 0 nats-server -a 127.0.0.1 -p "$np" >/dev/null 2>&1 &
-    pids+=($!); fabric_env=(--adapter nats --nats-servers "nats://127.0.0.1:$np") ;;
+    pids+=($!); fabric_env=(--adapter nats --nats-servers "nats://127.0.0.1:$np" --adapter-prefix "bench$$") ;;
   *) echo "unknown fabric $fabric" >&2; exit 2 ;;
 esac
 sleep 0.5
@@ -34,8 +35,8 @@ nodes=2; [ "$fabric" = single ] && nodes=1
 urls=(); rests=()
 for i in $(seq 1 $nodes); do
   p=$(port); m=$(port)
-  taskset -c 0 target/release/herald --log-level warn --host 127.0.0.1 --port "$p" --metrics-port "$m" \
-    --node-id "bench$i" --adapter-prefix "bench$$" "${fabric_env[@]}" &
+  taskset -c 0 "$bin" --log-level warn --host 127.0.0.1 --port "$p" --metrics-port "$m" \
+    --node-id "bench$i" ${fabric_env[@]+"${fabric_env[@]}"} &
   pids+=($!); urls+=("ws://127.0.0.1:$p"); rests+=("http://127.0.0.1:$p")
 done
 for r in "${rests[@]}"; do

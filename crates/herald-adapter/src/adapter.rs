@@ -27,15 +27,20 @@ pub enum AdapterError {
     UnknownApp(String),
     #[error(transparent)]
     PresenceFull(#[from] PresenceFull),
+    /// The fabric was unreachable; nothing was done.
     #[error(transparent)]
     Fabric(#[from] FabricError),
+    /// Delivered to this node's subscribers, but the publish to the other
+    /// nodes failed.
+    #[error("delivered on this node only: {0}")]
+    NotPublished(FabricError),
 }
 
 impl AdapterError {
     /// The fabric is down or did not answer: the operation may be retried
     /// on another node (HTTP 503), as opposed to a bad request.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, AdapterError::Fabric(_))
+        matches!(self, AdapterError::Fabric(_) | AdapterError::NotPublished(_))
     }
 }
 
@@ -121,6 +126,17 @@ pub trait Adapter: Send + Sync + 'static {
         frame: Frame,
         except: Option<SocketId>,
         remember: bool,
+    ) -> Result<usize, AdapterError>;
+
+    /// Delivers `frame` to this node's subscribers of `channel` only: what
+    /// is left when the fabric is unreachable (client events between local
+    /// clients keep flowing). Returns the number of deliveries.
+    async fn broadcast_local(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
     ) -> Result<usize, AdapterError>;
 
     /// Sockets subscribed to `channel` across the cluster.

@@ -28,10 +28,17 @@ pub fn departed(app: &App, departure: &Departure) {
     }
 }
 
-/// Delivers a frame through the adapter, logging (not failing) fabric errors.
+/// Relays a client event through the adapter. While the fabric is
+/// unreachable it still reaches this node's subscribers; the failure is
+/// logged at debug level (the outage itself is logged once by the transport).
 pub async fn broadcast(state: &State, app: &App, channel: &str, frame: Frame, except: Option<SocketId>) {
-    if let Err(e) = state.adapter.broadcast(&app.config.id, channel, frame, except, false).await {
-        tracing::warn!(app = %app.config.id, channel, error = %e, "broadcast failed");
+    match state.adapter.broadcast(&app.config.id, channel, frame.clone(), except, false).await {
+        Ok(_) => {}
+        Err(e @ herald_adapter::AdapterError::Fabric(_)) => {
+            tracing::debug!(app = %app.config.id, channel, error = %e, "fabric unreachable: delivered locally only");
+            let _ = state.adapter.broadcast_local(&app.config.id, channel, frame, except).await;
+        }
+        Err(e) => tracing::warn!(app = %app.config.id, channel, error = %e, "broadcast failed"),
     }
 }
 

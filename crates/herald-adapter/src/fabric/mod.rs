@@ -519,9 +519,19 @@ async fn tick(inner: Arc<Inner>, stop: CancellationToken) {
     let mut link = inner.link.clone();
     let mut dropped_seen = 0;
     let warm = inner.config.heartbeat_interval.min(Duration::from_millis(500));
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                // This node itself stood still (SIGSTOP, a stalled host):
+                // the silence it saw is its own, not the peers' — give them
+                // a fresh timeout instead of declaring them all dead.
+                let since = last_tick.elapsed();
+                last_tick = Instant::now();
+                if since > inner.config.node_timeout / 2 {
+                    tracing::warn!(stalled_ms = since.as_millis() as u64, "this node was stalled; peers get a fresh timeout");
+                    inner.core.peers.touch_all();
+                }
                 // Cut off from the fabric we hear nobody: that is no news
                 // about the peers, so none is declared dead meanwhile.
                 if *link.borrow() {
@@ -633,8 +643,21 @@ impl Adapter for ClusterAdapter {
             return Err(self.inner.down());
         }
         let delivered = self.inner.local.broadcast(app_id, channel, frame.clone(), except, remember).await?;
-        self.inner.publish_event(app_id, channel, &frame, except, remember).await?;
-        Ok(delivered)
+        match self.inner.publish_event(app_id, channel, &frame, except, remember).await {
+            Ok(()) => Ok(delivered),
+            Err(AdapterError::Fabric(e)) => Err(AdapterError::NotPublished(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn broadcast_local(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) -> Result<usize, AdapterError> {
+        self.inner.local.broadcast_local(app_id, channel, frame, except).await
     }
 
     async fn subscription_count(&self, app_id: &str, channel: &str) -> Result<usize, AdapterError> {

@@ -234,6 +234,16 @@ impl Adapter for LocalAdapter {
         Ok(ns.broadcast(channel, &frame, except))
     }
 
+    async fn broadcast_local(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) -> Result<usize, AdapterError> {
+        Ok(self.ns(app_id)?.broadcast(channel, &frame, except))
+    }
+
     async fn subscription_count(&self, app_id: &str, channel: &str) -> Result<usize, AdapterError> {
         Ok(self.ns(app_id)?.subscription_count(channel))
     }
