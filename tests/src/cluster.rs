@@ -118,4 +118,3 @@ pub async fn trigger(cluster: &Cluster, via: usize, channel: &str, name: &str, d
     let (status, body) = cluster.node(via).rest().trigger(&[channel], name, data).await;
     assert_eq!(status, 200, "{body}");
 }
-

@@ -44,7 +44,9 @@ async fn churn_and_fabric_restarts_leave_nothing_behind() {
             next_restart = Instant::now() + Duration::from_secs(15);
             for i in 0..3 {
                 eventually("ready after the restart", || async {
-                    reqwest::get(format!("http://{}/ready", cluster.node(i).addr)).await.is_ok_and(|r| r.status() == 200)
+                    reqwest::get(format!("http://{}/ready", cluster.node(i).addr))
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
                 })
                 .await;
             }
