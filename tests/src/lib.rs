@@ -483,6 +483,17 @@ impl HeraldProcess {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGSTOP);
         }
+        // kill(2) returns before the process has stopped: wait for the
+        // kernel to report it stopped (`T` after the command in /proc/PID/stat).
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            if text.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// SIGCONT after [`HeraldProcess::pause`].

@@ -148,6 +148,14 @@ impl Proc {
             unsafe {
                 libc::kill(pid, sig);
             }
+            // kill(2) returns before the target has stopped: wait until the
+            // kernel reports it stopped, so "paused" means paused.
+            if sig == libc::SIGSTOP {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && !stopped(pid) {
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
         }
     }
 
@@ -358,6 +366,13 @@ impl RedisServer {
     pub fn resume(&mut self) {
         self.proc.signal(libc::SIGCONT);
     }
+}
+
+/// Whether `pid` is in the stopped state (`T` in /proc/PID/stat).
+fn stopped(pid: libc::pid_t) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
