@@ -120,6 +120,13 @@ async fn stalled_peer(kind: Kind) {
     assert_eq!(event_and_user(&next(&mut watcher).await), ("pusher_internal:member_added".into(), "f2".into()));
     let mut other = cluster.node(1).connect().await;
     other.subscribe("plain").await;
+    // Before the stall, read the frozen node's client up to a marker (its
+    // member list may have got w0 by a member_added, replication being
+    // asynchronous): after the stall nothing may come before the next one.
+    eventually("w0 known on node 2", || async { user_ids(&cluster, 2, ch).await == ["f2", "w0"] }).await;
+    trigger(&cluster, 1, ch, "before", "b").await;
+    while frozen_member.recv().await["event"] != "before" {}
+    assert_eq!(next(&mut watcher).await["event"], "before");
     cluster.node(2).pause();
     let asked = Instant::now();
     let (status, list) = cluster.node(0).rest().get("/channels", &[("info", "subscription_count")]).await;
