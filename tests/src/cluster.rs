@@ -118,3 +118,23 @@ pub async fn trigger(cluster: &Cluster, via: usize, channel: &str, name: &str, d
     let (status, body) = cluster.node(via).rest().trigger(&[channel], name, data).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Instantiates `async fn scenario(kind: Kind)` bodies as one test per
+/// fabric: `redis::scenario`, `redis_cluster::scenario`, `nats::scenario`.
+#[macro_export]
+macro_rules! on_every_fabric {
+    ($($scenario:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario($crate::cluster::Kind::Redis).await }) *
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario($crate::cluster::Kind::RedisCluster).await }) *
+        }
+        mod nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario($crate::cluster::Kind::Nats).await }) *
+        }
+    };
+}

@@ -393,24 +393,7 @@ async fn first_second(kind: Kind) {
     assert_eq!((f["event"].clone(), f["data"].clone()), (json!("hello"), json!(accepted.to_string())));
 }
 
-macro_rules! on_every_fabric {
-    ($($scenario:ident),* $(,)?) => {
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::Redis).await }) *
-        }
-        mod redis_cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::RedisCluster).await }) *
-        }
-        mod nats {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::Nats).await }) *
-        }
-    };
-}
-
-on_every_fabric!(
+herald_e2e::on_every_fabric!(
     delivery,
     presence,
     counts,

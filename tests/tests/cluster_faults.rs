@@ -195,21 +195,4 @@ async fn death_webhooks(kind: Kind) {
     assert_eq!(facts, expected);
 }
 
-macro_rules! on_every_fabric {
-    ($($scenario:ident),* $(,)?) => {
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::Redis).await }) *
-        }
-        mod redis_cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::RedisCluster).await }) *
-        }
-        mod nats {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Kind::Nats).await }) *
-        }
-    };
-}
-
-on_every_fabric!(fabric_restart, stalled_peer, death_webhooks);
+herald_e2e::on_every_fabric!(fabric_restart, stalled_peer, death_webhooks);
