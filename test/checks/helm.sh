@@ -246,6 +246,19 @@ for label, values in typos.items():
     except helm.HelmError:
         ok(f"schema rejects typo ({label}) in validation and in helm template")
 
+# ---- settings Herald would refuse at start are refused by helm template
+refused = {
+    "redis-cluster without nodes": {"adapter": "redis-cluster"},
+    "nodeTimeoutMs <= 2 x heartbeatIntervalMs": {"adapter": "nats", "heartbeatIntervalMs": 5000, "nodeTimeoutMs": 10000},
+    "3 pods on the local adapter": {"replicaCount": 3},
+}
+for label, values in refused.items():
+    try:
+        chart.render(values, name="herald", namespace="herald")
+        fail(f"helm template ACCEPTED {label}")
+    except helm.HelmError as e:
+        ok(f"helm template refuses {label}: {str(e).split('): ')[-1].strip()}")
+
 # ---- additionalProperties false at every object level
 with open(os.path.join(CHART, "values.schema.json")) as f:
     schema = json.load(f)
