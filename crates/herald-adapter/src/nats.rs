@@ -35,12 +35,12 @@ use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::fabric::backoff::{delay_for_attempt, set_link, Backoff, Outage};
+use crate::fabric::supervise::Shared;
 use crate::fabric::{FabricError, Inbound, Subject, Transport, TransportSpec};
 
 /// Messages buffered per subscription before NATS drops (slow consumer).
@@ -63,15 +63,9 @@ pub struct NatsTransport {
     url: String,
     prefix: String,
     request_timeout: Duration,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    link: watch::Sender<bool>,
-    /// The client, once created (at start) and until stopped.
-    client: RwLock<Option<Client>>,
-    reason: Mutex<String>,
-    slow_consumer_events: AtomicU64,
+    /// The client is live from its creation (at start) until stopped.
+    shared: Arc<Shared<Client>>,
+    slow_consumer_events: Arc<AtomicU64>,
 }
 
 impl NatsTransport {
@@ -80,17 +74,14 @@ impl NatsTransport {
     /// every subscription confirmed.
     pub fn start(config: NatsConfig, spec: TransportSpec) -> Arc<Self> {
         let url = config.servers.join(",");
-        let shared = Arc::new(Shared {
-            link: spec.link,
-            client: RwLock::new(None),
-            reason: Mutex::new("not connected yet".into()),
-            slow_consumer_events: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(spec.link));
+        let slow_consumer_events = Arc::new(AtomicU64::new(0));
         let transport = Arc::new(Self {
             url: url.clone(),
             prefix: spec.prefix.clone(),
             request_timeout: spec.request_timeout,
             shared: shared.clone(),
+            slow_consumer_events: slow_consumer_events.clone(),
         });
         let subjects = spec.subjects.iter().map(|s| s.name(&spec.prefix, '.')).collect();
         let task = Supervisor {
@@ -102,19 +93,16 @@ impl NatsTransport {
             stop: spec.stop,
             tasks: spec.tasks.clone(),
             shared,
+            slow_consumer_events,
         };
         spec.tasks.spawn(task.run());
         transport
     }
 
-    fn down(&self) -> FabricError {
-        FabricError::Down { url: self.url.clone(), reason: self.shared.reason.lock().clone() }
-    }
-
     /// Slow-consumer events reported by the client so far (each one is at
     /// least one message NATS dropped because a subscription was full).
     pub fn slow_consumer_events(&self) -> u64 {
-        self.shared.slow_consumer_events.load(Ordering::Relaxed)
+        self.slow_consumer_events.load(Ordering::Relaxed)
     }
 }
 
@@ -125,9 +113,8 @@ impl Transport for NatsTransport {
     }
 
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), FabricError> {
-        let client = if *self.shared.link.borrow() { self.shared.client.read().clone() } else { None };
-        let Some(client) = client.filter(|c| c.connection_state() == State::Connected) else {
-            return Err(self.down());
+        let Some(client) = self.shared.live().filter(|c| c.connection_state() == State::Connected) else {
+            return Err(self.shared.down(&self.url));
         };
         match tokio::time::timeout(self.request_timeout, client.publish(subject.name(&self.prefix, '.'), payload)).await
         {
@@ -146,7 +133,8 @@ struct Supervisor {
     timeout: Duration,
     stop: CancellationToken,
     tasks: TaskTracker,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Client>>,
+    slow_consumer_events: Arc<AtomicU64>,
 }
 
 impl Supervisor {
@@ -181,7 +169,7 @@ impl Supervisor {
         for subject in &self.subjects {
             // Waits only if the client's command queue is full (not connected yet).
             let subscribed = tokio::select! {
-                _ = self.stop.cancelled() => return self.stopped(),
+                _ = self.stop.cancelled() => return self.shared.stopped(),
                 r = client.subscribe(subject.clone()) => r,
             };
             match subscribed {
@@ -191,10 +179,10 @@ impl Supervisor {
                 Err(e) => return self.fail_for_good(&mut outage, format!("cannot subscribe to {subject}: {e}")).await,
             }
         }
-        *self.shared.client.write() = Some(client.clone());
+        *self.shared.live.write() = Some(client.clone());
         self.follow_events(&client, events, &mut outage).await;
 
-        self.stopped();
+        self.shared.stopped();
         // Hand over what was published before the stop (bounded).
         if client.connection_state() == State::Connected {
             let _ = tokio::time::timeout(self.timeout, client.flush()).await;
@@ -203,16 +191,9 @@ impl Supervisor {
 
     /// A configuration error: stays down (loudly) until stopped.
     async fn fail_for_good(&self, outage: &mut Outage, reason: String) {
-        *self.shared.reason.lock() = reason.clone();
-        outage.failed(&reason);
+        self.shared.failed(outage, reason);
         self.stop.cancelled().await;
-        self.stopped();
-    }
-
-    fn stopped(&self) {
-        set_link(&self.shared.link, false);
-        *self.shared.reason.lock() = "transport stopped".into();
-        self.shared.client.write().take();
+        self.shared.stopped();
     }
 
     async fn follow_events(&self, client: &Client, mut events: mpsc::Receiver<Event>, outage: &mut Outage) {
@@ -237,9 +218,7 @@ impl Supervisor {
                 _ = &mut first_deadline, if !first_wait_over => {
                     first_wait_over = true;
                     if !*self.shared.link.borrow() {
-                        let reason = format!("no connection within {:?}", self.timeout);
-                        *self.shared.reason.lock() = reason.clone();
-                        outage.failed(&reason);
+                        self.shared.failed(outage, format!("no connection within {:?}", self.timeout));
                     }
                 }
                 event = events.recv() => match event {
@@ -250,12 +229,10 @@ impl Supervisor {
                     Some(Event::Disconnected) | Some(Event::Closed) => {
                         set_link(&self.shared.link, false);
                         confirm_at = None;
-                        let reason = "disconnected".to_string();
-                        *self.shared.reason.lock() = reason.clone();
-                        outage.failed(&reason);
+                        self.shared.failed(outage, "disconnected".to_string());
                     }
                     Some(Event::SlowConsumer(sid)) => {
-                        let total = self.shared.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
+                        let total = self.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
                         slow_since_log += 1;
                         if slow_logged.elapsed() >= SLOW_CONSUMER_LOG_INTERVAL {
                             tracing::warn!(
@@ -283,8 +260,7 @@ impl Supervisor {
                                 Ok(Err(e)) => format!("flush failed: {e}"),
                                 Err(_) => format!("no answer to flush within {:?}", self.timeout),
                             };
-                            *self.shared.reason.lock() = reason.clone();
-                            outage.failed(&reason);
+                            self.shared.failed(outage, reason);
                             confirm_at = Some(tokio::time::Instant::now() + backoff.next_delay());
                         }
                     }
@@ -310,57 +286,15 @@ async fn forward(mut subscriber: Subscriber, inbound: Inbound, stop: Cancellatio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_test_servers::{free_port, NatsServer};
+    use crate::fabric::testkit::{self, app, subjects, Node};
+    use herald_test_servers::{Nats, NatsServer};
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    struct Node {
-        transport: Arc<NatsTransport>,
-        inbound: mpsc::Receiver<Bytes>,
-        link: watch::Receiver<bool>,
-        stop: CancellationToken,
-        tasks: TaskTracker,
-    }
-
-    fn app(id: &str) -> Subject {
-        Subject::App { app_id: id.into(), partition: 0 }
-    }
-
-    impl Node {
-        fn start(url: &str, prefix: &str, node_id: &str) -> Node {
-            let (inbound, rx) = Inbound::new(1024);
-            let (link, link_rx) = watch::channel(false);
-            let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-            let spec = TransportSpec {
-                prefix: prefix.into(),
-                subjects: vec![app("my-app"), Subject::Control, Subject::Node(node_id.into())],
-                inbound,
-                link,
-                request_timeout: Duration::from_secs(1),
-                stop: stop.clone(),
-                tasks: tasks.clone(),
-            };
-            let transport = NatsTransport::start(NatsConfig { servers: vec![url.into()] }, spec);
-            Node { transport, inbound: rx, link: link_rx, stop, tasks }
-        }
-
-        async fn link_is(&mut self, up: bool) {
-            tokio::time::timeout(WAIT, self.link.wait_for(|l| *l == up))
-                .await
-                .unwrap_or_else(|_| panic!("link did not become {up} within {WAIT:?}"))
-                .unwrap();
-        }
-
-        async fn recv(&mut self) -> Bytes {
-            tokio::time::timeout(WAIT, self.inbound.recv()).await.expect("no message within the deadline").unwrap()
-        }
-
-        async fn shutdown(self) {
-            self.stop.cancel();
-            self.tasks.close();
-            tokio::time::timeout(WAIT, self.tasks.wait()).await.expect("tasks did not stop");
-            assert!(!*self.link.borrow());
-        }
+    fn node(url: &str, prefix: &str, node_id: &str) -> Node<NatsTransport> {
+        Node::start(prefix, subjects(node_id), 1024, WAIT, |spec| {
+            NatsTransport::start(NatsConfig { servers: vec![url.into()] }, spec)
+        })
     }
 
     #[test]
@@ -373,99 +307,26 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn nodes_with_the_same_prefix_see_each_other_and_no_other_prefix() {
         let server = NatsServer::start();
-        let mut a = Node::start(&server.url(), "herald", "a");
-        let mut b = Node::start(&server.url(), "herald", "b");
-        let mut other = Node::start(&server.url(), "other", "a");
-        a.link_is(true).await;
-        b.link_is(true).await;
-        other.link_is(true).await;
-
-        for (subject, payload, to_a) in
-            [(app("my-app"), "app", true), (Subject::Control, "ctl", true), (Subject::Node("b".into()), "node", false)]
-        {
-            a.transport.publish(&subject, Bytes::from(payload)).await.unwrap();
-            assert_eq!(b.recv().await, payload);
-            if to_a {
-                assert_eq!(a.recv().await, payload, "a node also receives its own app and control publishes");
-            }
-        }
-        b.transport.publish(&Subject::Node("a".into()), Bytes::from("to-a")).await.unwrap();
-        assert_eq!(a.recv().await, "to-a");
-
-        // Positive control: `other` receives its own prefix, and only that.
-        a.transport.publish(&Subject::Control, Bytes::from("herald-only")).await.unwrap();
-        other.transport.publish(&Subject::Control, Bytes::from("other-only")).await.unwrap();
-        assert_eq!(other.recv().await, "other-only");
-        assert_eq!(b.recv().await, "herald-only");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(other.inbound.try_recv().is_err(), "a different prefix leaked through");
-        assert!(b.inbound.try_recv().is_err());
-        assert_eq!(a.transport.slow_consumer_events(), 0);
-
-        for n in [a, b, other] {
-            n.shutdown().await;
-        }
+        testkit::nodes_with_the_same_prefix_see_each_other_and_no_other_prefix(&server.url(), node, |a| {
+            assert_eq!(a.slow_consumer_events(), 0)
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn publish_is_down_until_the_server_exists_then_the_link_comes_up() {
-        let logs = crate::fabric::backoff::capture::logs();
-        let port = free_port();
-        let url = format!("nats://127.0.0.1:{port}");
-        let mut a = Node::start(&url, "herald", "a");
-        let started = std::time::Instant::now();
-        let err = a.transport.publish(&Subject::Control, Bytes::from("x")).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(100), "a publish while down must fail at once");
-        assert!(matches!(&err, FabricError::Down { url, .. } if url.contains(&port.to_string())), "{err:?}");
-        // The request timeout (1 s) passes with several failed attempts: one error.
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-        assert!(!*a.link.borrow());
-        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 1);
-
-        let mut server = tokio::task::spawn_blocking(move || NatsServer::start_on(port)).await.unwrap();
-        a.link_is(true).await;
-        assert_eq!(logs.count(tracing::Level::INFO, &[&url, "reachable again"]), 1);
-        a.transport.publish(&Subject::Control, Bytes::from("hello")).await.unwrap();
-        assert_eq!(a.recv().await, "hello");
-
-        // A second outage: one more error.
-        server.stop();
-        a.link_is(false).await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(logs.count(tracing::Level::ERROR, &[&url]), 2);
-        a.shutdown().await;
+        testkit::publish_is_down_until_the_server_exists_then_the_link_comes_up::<Nats, _>(node).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_restarted_server_is_resubscribed() {
-        let mut server = NatsServer::start();
-        let mut a = Node::start(&server.url(), "herald", "a");
-        let mut b = Node::start(&server.url(), "herald", "b");
-        a.link_is(true).await;
-        b.link_is(true).await;
-
-        server.stop();
-        a.link_is(false).await;
-        b.link_is(false).await;
-        assert!(matches!(
-            a.transport.publish(&Subject::Control, Bytes::from("lost")).await,
-            Err(FabricError::Down { .. })
-        ));
-        server.restart();
-        let back = std::time::Instant::now();
-        a.link_is(true).await;
-        b.link_is(true).await;
-        assert!(back.elapsed() < Duration::from_secs(5), "took {:?} to come back", back.elapsed());
-        a.transport.publish(&app("my-app"), Bytes::from("again")).await.unwrap();
-        assert_eq!(b.recv().await, "again");
-        a.shutdown().await;
-        b.shutdown().await;
+        testkit::a_restarted_server_is_resubscribed::<Nats, _>(node).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_frozen_server_takes_the_link_down() {
         let mut server = NatsServer::start();
-        let mut a = Node::start(&server.url(), "herald", "a");
+        let mut a = node(&server.url(), "herald", "a");
         a.link_is(true).await;
         server.pause();
         a.link_is(false).await;

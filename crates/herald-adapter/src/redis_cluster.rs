@@ -44,15 +44,15 @@ use std::time::Duration;
 
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+use ::redis::{ProtocolVersion, PushKind, RedisError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::fabric::backoff::{set_link, sleep_unless_stopped, Backoff, Outage};
+use crate::fabric::supervise::{supervise, Connector, Shared};
 use crate::fabric::{FabricError, Inbound, Subject, Transport, TransportSpec};
+use crate::redis::{forward_messages, notify_on_disconnection, publish, Connected, Live};
 
 /// Partitions per app subject.
 pub const PARTITIONS: u16 = 16;
@@ -66,8 +66,6 @@ pub const PARTITION_TAGS: [&str; PARTITIONS as usize] = [
 
 /// Hash slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
-/// How often every master is checked with a `PING` while the link is up.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The sharded channel of `subject` under `prefix` (see the module docs).
 pub fn channel_name(prefix: &str, subject: &Subject) -> String {
@@ -120,19 +118,7 @@ pub struct RedisClusterTransport {
     url: String,
     prefix: String,
     request_timeout: Duration,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    link: watch::Sender<bool>,
-    live: RwLock<Option<Live>>,
-    reason: Mutex<String>,
-}
-
-#[derive(Clone)]
-struct Live {
-    publisher: ClusterConnection,
-    broken: Arc<Notify>,
+    shared: Arc<Shared<Live<ClusterConnection>>>,
 }
 
 impl RedisClusterTransport {
@@ -141,11 +127,7 @@ impl RedisClusterTransport {
     /// subscribed on the master that owns it.
     pub fn start(config: RedisClusterConfig, spec: TransportSpec) -> Arc<Self> {
         let url = config.nodes.join(",");
-        let shared = Arc::new(Shared {
-            link: spec.link,
-            live: RwLock::new(None),
-            reason: Mutex::new("not connected yet".into()),
-        });
+        let shared = Arc::new(Shared::new(spec.link));
         let transport = Arc::new(Self {
             url: url.clone(),
             prefix: spec.prefix.clone(),
@@ -172,10 +154,6 @@ impl RedisClusterTransport {
         spec.tasks.spawn(task.run());
         transport
     }
-
-    fn down(&self) -> FabricError {
-        FabricError::Down { url: self.url.clone(), reason: self.shared.reason.lock().clone() }
-    }
 }
 
 #[async_trait]
@@ -189,31 +167,14 @@ impl Transport for RedisClusterTransport {
     }
 
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), FabricError> {
-        let live = if *self.shared.link.borrow() { self.shared.live.read().clone() } else { None };
-        let Some(Live { mut publisher, broken }) = live else {
-            return Err(self.down());
-        };
         let mut cmd = ::redis::cmd("SPUBLISH");
         cmd.arg(channel_name(&self.prefix, subject)).arg(payload.as_ref());
-        match tokio::time::timeout(self.request_timeout, cmd.query_async::<i64>(&mut publisher)).await {
-            Ok(Ok(_receivers)) => Ok(()),
-            Ok(Err(e)) if e.is_timeout() => Err(FabricError::Timeout(self.request_timeout)),
-            Ok(Err(e)) if connection_broken(&e) => {
-                broken.notify_one();
-                Err(FabricError::Down { url: self.url.clone(), reason: e.to_string() })
-            }
-            Ok(Err(e)) => Err(FabricError::Failed(e.to_string())),
-            Err(_) => Err(FabricError::Timeout(self.request_timeout)),
-        }
+        publish(&self.shared, &self.url, self.request_timeout, cmd, connection_broken).await
     }
 }
 
 fn connection_broken(e: &RedisError) -> bool {
-    e.is_unrecoverable_error()
-        || e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
+    crate::redis::connection_broken(e) || e.is_cluster_error()
 }
 
 struct Supervisor {
@@ -225,51 +186,12 @@ struct Supervisor {
     inbound: Inbound,
     timeout: Duration,
     stop: CancellationToken,
-    shared: Arc<Shared>,
-}
-
-struct Connected {
-    publisher: ClusterConnection,
-    subscriber: ClusterConnection,
-    broken: Arc<Notify>,
+    shared: Arc<Shared<Live<ClusterConnection>>>,
 }
 
 impl Supervisor {
     async fn run(self) {
-        let mut backoff = Backoff::new();
-        let mut outage = Outage::new("redis-cluster", self.url.clone());
-        while !self.stop.is_cancelled() {
-            let attempt = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                r = tokio::time::timeout(self.timeout, self.connect()) => r,
-            };
-            let reason = match attempt {
-                Ok(Ok(mut conns)) => {
-                    *self.shared.live.write() =
-                        Some(Live { publisher: conns.publisher.clone(), broken: conns.broken.clone() });
-                    outage.recovered();
-                    set_link(&self.shared.link, true);
-                    backoff.reset();
-                    let reason = self.watch(&mut conns).await;
-                    set_link(&self.shared.link, false);
-                    *self.shared.live.write() = None;
-                    match reason {
-                        Some(reason) => reason,
-                        None => break,
-                    }
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {:?}", self.timeout),
-            };
-            *self.shared.reason.lock() = reason.clone();
-            outage.failed(&reason);
-            if !sleep_unless_stopped(backoff.next_delay(), &self.stop).await {
-                break;
-            }
-        }
-        set_link(&self.shared.link, false);
-        *self.shared.live.write() = None;
-        *self.shared.reason.lock() = "transport stopped".into();
+        supervise("redis-cluster", self.url.clone(), self.timeout, &self.stop, &self.shared, &self).await;
     }
 
     fn builder(&self) -> ClusterClientBuilder {
@@ -278,38 +200,19 @@ impl Supervisor {
             .connection_timeout(self.timeout)
             .response_timeout(self.timeout)
     }
+}
 
-    async fn connect(&self) -> Result<Connected, RedisError> {
+impl Connector for Supervisor {
+    type Conns = Connected<ClusterConnection>;
+    type Live = Live<ClusterConnection>;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Self::Conns, RedisError> {
         let broken = Arc::new(Notify::new());
-        let on_push = {
-            let broken = broken.clone();
-            move |push: PushInfo| {
-                if push.kind == PushKind::Disconnection {
-                    broken.notify_one();
-                }
-                Ok::<(), ()>(())
-            }
-        };
+        let on_push = notify_on_disconnection(&broken);
         let mut publisher = self.builder().push_sender(on_push).build()?.get_async_connection().await?;
-
-        let on_push = {
-            let (broken, inbound) = (broken.clone(), self.inbound.clone());
-            move |push: PushInfo| {
-                match push.kind {
-                    PushKind::SMessage => {
-                        // [channel, payload]
-                        if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
-                            inbound.push(Bytes::from(payload));
-                        }
-                    }
-                    // Nobody unsubscribes but the server, when a slot moves
-                    // or a node is reset.
-                    PushKind::Disconnection | PushKind::SUnsubscribe => broken.notify_one(),
-                    _ => {}
-                }
-                Ok::<(), ()>(())
-            }
-        };
+        // The server unsubscribes when a slot moves or a node is reset.
+        let on_push = forward_messages(&broken, &self.inbound, PushKind::SMessage, PushKind::SUnsubscribe);
         let mut subscriber = self.builder().push_sender(on_push).build()?.get_async_connection().await?;
 
         // Every master must answer: a channel of any slot may be published.
@@ -322,47 +225,24 @@ impl Supervisor {
         Ok(Connected { publisher, subscriber, broken })
     }
 
-    async fn watch(&self, conns: &mut Connected) -> Option<String> {
-        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                _ = conns.broken.notified() => return Some("a node connection was lost or a subscription dropped".into()),
-                _ = tick.tick() => {
-                    // PING goes to every master.
-                    let check = async {
-                        ::redis::cmd("PING").exec_async(&mut conns.publisher).await?;
-                        ::redis::cmd("PING").exec_async(&mut conns.subscriber).await
-                    };
-                    match tokio::time::timeout(self.timeout, check).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Some(e.to_string()),
-                        Err(_) => return Some(format!("a master did not answer PING within {:?}", self.timeout)),
-                    }
-                }
-            }
-        }
+    fn live(conns: &Self::Conns) -> Self::Live {
+        conns.live()
+    }
+
+    /// `PING` goes to every master.
+    async fn watch(&self, conns: &mut Self::Conns) -> Option<String> {
+        let lost = "a node connection was lost or a subscription dropped";
+        conns.watch(&self.stop, self.timeout, lost, "a master did not answer PING").await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fabric::testkit::Node;
     use herald_test_servers::{free_cluster_ports, RedisCluster};
-    use tokio::sync::mpsc;
-    use tokio_util::task::TaskTracker;
 
     const WAIT: Duration = Duration::from_secs(15);
-
-    struct Node {
-        transport: Arc<RedisClusterTransport>,
-        inbound: mpsc::Receiver<Bytes>,
-        link: watch::Receiver<bool>,
-        stop: CancellationToken,
-        tasks: TaskTracker,
-    }
 
     fn app(id: &str, partition: u16) -> Subject {
         Subject::App { app_id: id.into(), partition }
@@ -374,57 +254,17 @@ mod tests {
         s
     }
 
-    impl Node {
-        fn start(nodes: Vec<String>, prefix: &str, node_id: &str) -> Node {
-            let (inbound, rx) = Inbound::new(4096);
-            let (link, link_rx) = watch::channel(false);
-            let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-            let spec = TransportSpec {
-                prefix: prefix.into(),
-                subjects: subjects(node_id),
-                inbound,
-                link,
-                request_timeout: Duration::from_secs(1),
-                stop: stop.clone(),
-                tasks: tasks.clone(),
-            };
-            let transport = RedisClusterTransport::start(RedisClusterConfig { nodes }, spec);
-            Node { transport, inbound: rx, link: link_rx, stop, tasks }
-        }
-
-        async fn link_is(&mut self, up: bool) {
-            tokio::time::timeout(WAIT, self.link.wait_for(|l| *l == up))
-                .await
-                .unwrap_or_else(|_| panic!("link did not become {up} within {WAIT:?}"))
-                .unwrap();
-        }
-
-        async fn recv(&mut self) -> Bytes {
-            tokio::time::timeout(WAIT, self.inbound.recv()).await.expect("no message within the deadline").unwrap()
-        }
-
-        /// Receives `n` messages, in any order.
-        async fn recv_set(&mut self, n: usize) -> std::collections::BTreeSet<Bytes> {
-            let mut got = std::collections::BTreeSet::new();
-            for _ in 0..n {
-                got.insert(self.recv().await);
-            }
-            got
-        }
-
-        async fn shutdown(self) {
-            self.stop.cancel();
-            self.tasks.close();
-            tokio::time::timeout(WAIT, self.tasks.wait()).await.expect("tasks did not stop");
-            assert!(!*self.link.borrow());
-        }
+    fn node(nodes: Vec<String>, prefix: &str, node_id: &str) -> Node<RedisClusterTransport> {
+        Node::start(prefix, subjects(node_id), 4096, WAIT, |spec| {
+            RedisClusterTransport::start(RedisClusterConfig { nodes }, spec)
+        })
     }
 
     fn partition_payloads() -> std::collections::BTreeSet<Bytes> {
         (0..PARTITIONS).map(|p| Bytes::from(format!("p{p}"))).collect()
     }
 
-    async fn publish_all_partitions(node: &Node) {
+    async fn publish_all_partitions(node: &Node<RedisClusterTransport>) {
         for p in 0..PARTITIONS {
             node.transport.publish(&app("my-app", p), Bytes::from(format!("p{p}"))).await.unwrap();
         }
@@ -472,9 +312,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn all_partitions_and_subjects_flow_between_same_prefix_nodes_only() {
         let cluster = RedisCluster::start(3);
-        let mut a = Node::start(cluster.urls(), "herald", "a");
-        let mut b = Node::start(vec![cluster.urls()[1].clone()], "herald", "b");
-        let mut other = Node::start(cluster.urls(), "other", "a");
+        let mut a = node(cluster.urls(), "herald", "a");
+        let mut b = node(vec![cluster.urls()[1].clone()], "herald", "b");
+        let mut other = node(cluster.urls(), "other", "a");
         a.link_is(true).await;
         b.link_is(true).await;
         other.link_is(true).await;
@@ -526,7 +366,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn publish_is_down_until_the_cluster_exists_then_the_link_comes_up() {
         let ports = free_cluster_ports(3);
-        let mut a = Node::start(vec![format!("redis://127.0.0.1:{}", ports[0])], "herald", "a");
+        let mut a = node(vec![format!("redis://127.0.0.1:{}", ports[0])], "herald", "a");
         let started = std::time::Instant::now();
         let err = a.transport.publish(&Subject::Control, Bytes::from("x")).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_millis(100));
@@ -544,8 +384,8 @@ mod tests {
         let logs = crate::fabric::backoff::capture::logs();
         let mut cluster = RedisCluster::start(3);
         let url = cluster.urls().join(",");
-        let mut a = Node::start(cluster.urls(), "herald", "a");
-        let mut b = Node::start(cluster.urls(), "herald", "b");
+        let mut a = node(cluster.urls(), "herald", "a");
+        let mut b = node(cluster.urls(), "herald", "b");
         a.link_is(true).await;
         b.link_is(true).await;
 

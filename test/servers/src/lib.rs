@@ -22,6 +22,7 @@ use std::collections::hash_map::RandomState;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -271,7 +272,7 @@ fn nats_greets(port: u16) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Redis
+// Single-process servers: Redis and NATS
 // ---------------------------------------------------------------------------
 
 fn redis_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
@@ -293,47 +294,111 @@ fn redis_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
     args
 }
 
+/// What differs between the single-process servers ([`RedisServer`],
+/// [`NatsServer`]) run by [`Server`].
+pub trait ServerKind: 'static {
+    /// The binary, and the Debian package that provides it.
+    const BINARY: &'static str;
+    const PACKAGE: &'static str;
+    /// The URL scheme clients use.
+    const SCHEME: &'static str;
+    /// Names the temporary directory and the log file (`{NAME}.log`).
+    const NAME: &'static str;
+
+    /// The command line of a server on `port` with its files in `dir`.
+    fn args(port: u16, dir: &Path) -> Vec<String>;
+
+    /// Whether the server on `port` answers (PING for Redis, the INFO
+    /// greeting for NATS).
+    fn answers(port: u16) -> bool;
+}
+
+/// `redis-server`: see [`RedisServer`].
+pub struct Redis;
+
+impl ServerKind for Redis {
+    const BINARY: &'static str = "redis-server";
+    const PACKAGE: &'static str = "redis-server";
+    const SCHEME: &'static str = "redis";
+    const NAME: &'static str = "redis";
+
+    fn args(port: u16, dir: &Path) -> Vec<String> {
+        redis_args(port, dir, &[])
+    }
+
+    fn answers(port: u16) -> bool {
+        redis_pings(port)
+    }
+}
+
+/// `nats-server`: see [`NatsServer`].
+pub struct Nats;
+
+impl ServerKind for Nats {
+    const BINARY: &'static str = "nats-server";
+    const PACKAGE: &'static str = "nats-server";
+    const SCHEME: &'static str = "nats";
+    const NAME: &'static str = "nats";
+
+    fn args(port: u16, _dir: &Path) -> Vec<String> {
+        vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]
+    }
+
+    fn answers(port: u16) -> bool {
+        nats_greets(port)
+    }
+}
+
 /// A `redis-server` on 127.0.0.1, killed on drop.
-pub struct RedisServer {
+pub type RedisServer = Server<Redis>;
+
+/// A `nats-server` on 127.0.0.1, killed on drop.
+pub type NatsServer = Server<Nats>;
+
+/// A server process of kind `K` on 127.0.0.1, in its own temporary
+/// directory, killed on drop.
+pub struct Server<K: ServerKind> {
     proc: Proc,
     port: u16,
     binary: PathBuf,
     dir: TempDir,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl RedisServer {
-    /// Starts `redis-server` on a free port and waits until it answers PING.
-    pub fn start() -> RedisServer {
+impl<K: ServerKind> Server<K> {
+    /// Starts the server on a free port and waits until it answers (PING
+    /// for Redis, the INFO greeting for NATS).
+    pub fn start() -> Self {
         start_on_some_port(free_port, Self::try_start_on)
     }
 
-    /// Starts `redis-server` on `port` (e.g. one from [`free_port`] a client
-    /// already points at) and waits until it answers PING.
-    pub fn start_on(port: u16) -> RedisServer {
+    /// Starts the server on `port` (e.g. one from [`free_port`] a client
+    /// already points at) and waits until it answers.
+    pub fn start_on(port: u16) -> Self {
         Self::try_start_on(port).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start_on(port: u16) -> Result<RedisServer, String> {
-        let binary = find_binary("redis-server", "redis-server");
-        let dir = TempDir::new("redis");
-        let mut server = RedisServer { proc: Proc { child: None, log: PathBuf::new() }, port, binary, dir };
+    fn try_start_on(port: u16) -> Result<Self, String> {
+        let binary = find_binary(K::BINARY, K::PACKAGE);
+        let dir = TempDir::new(K::NAME);
+        let proc = Proc { child: None, log: PathBuf::new() };
+        let mut server = Server { proc, port, binary, dir, kind: PhantomData };
         server.spawn_and_wait()?;
         Ok(server)
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let args = redis_args(self.port, self.dir.path(), &[]);
-        self.proc = Proc::spawn(&self.binary, &args, self.dir.path(), self.dir.path().join("redis.log"));
+        let (dir, port) = (self.dir.path(), self.port);
+        let log = dir.join(format!("{}.log", K::NAME));
+        self.proc = Proc::spawn(&self.binary, &K::args(port, dir), dir, log);
         let proc = &mut self.proc;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_ready(proc, "redis-server", self.port, redis_pings)
-        }))
-        .map_err(panic_text)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_ready(proc, K::BINARY, port, K::answers)))
+            .map_err(panic_text)
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", K::SCHEME, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -351,7 +416,7 @@ impl RedisServer {
     }
 
     /// Kills the server if it runs, starts it again on the same port and
-    /// waits until it answers PING. Its data is gone (nothing is saved).
+    /// waits until it answers. Its data is gone (nothing is saved).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn_and_wait().unwrap_or_else(|e| panic!("{e}"));
@@ -556,84 +621,6 @@ fn spawn_cluster_node(binary: &Path, node: &mut ClusterNode) -> Result<(), Strin
         wait_ready(proc, "redis-server (cluster node)", port, redis_pings)
     }))
     .map_err(panic_text)
-}
-
-// ---------------------------------------------------------------------------
-// NATS
-// ---------------------------------------------------------------------------
-
-/// A `nats-server` on 127.0.0.1, killed on drop.
-pub struct NatsServer {
-    proc: Proc,
-    port: u16,
-    binary: PathBuf,
-    dir: TempDir,
-}
-
-impl NatsServer {
-    /// Starts `nats-server` on a free port and waits until it greets with INFO.
-    pub fn start() -> NatsServer {
-        start_on_some_port(free_port, Self::try_start_on)
-    }
-
-    /// Starts `nats-server` on `port` and waits until it greets with INFO.
-    pub fn start_on(port: u16) -> NatsServer {
-        Self::try_start_on(port).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn try_start_on(port: u16) -> Result<NatsServer, String> {
-        let binary = find_binary("nats-server", "nats-server");
-        let dir = TempDir::new("nats");
-        let mut server = NatsServer { proc: Proc { child: None, log: PathBuf::new() }, port, binary, dir };
-        server.spawn_and_wait()?;
-        Ok(server)
-    }
-
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let args: Vec<String> = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string()];
-        self.proc = Proc::spawn(&self.binary, &args, self.dir.path(), self.dir.path().join("nats.log"));
-        let proc = &mut self.proc;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_ready(proc, "nats-server", self.port, nats_greets)
-        }))
-        .map_err(panic_text)
-    }
-
-    /// `nats://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid().map(|p| p as u32)
-    }
-
-    /// Kills the server (SIGKILL).
-    pub fn stop(&mut self) {
-        self.proc.kill();
-    }
-
-    /// Kills the server if it runs, starts it again on the same port and
-    /// waits until it greets.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn_and_wait().unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    /// Freezes the server (SIGSTOP).
-    pub fn pause(&mut self) {
-        self.proc.signal(libc::SIGSTOP);
-    }
-
-    /// Thaws a paused server (SIGCONT).
-    pub fn resume(&mut self) {
-        self.proc.signal(libc::SIGCONT);
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@
 pub(crate) mod backoff;
 mod envelope;
 mod nodes;
+pub(crate) mod supervise;
 mod survey;
+#[cfg(test)]
+pub(crate) mod testkit;
 mod transport;
 
 use std::collections::HashMap;
