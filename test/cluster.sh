@@ -72,7 +72,7 @@ cleanup() {
         kill -KILL "${PIDS[@]}" 2>/dev/null || true
         wait "${PIDS[@]}" 2>/dev/null || true
     fi
-    if ((rc != 0)) && [[ -d $WORK ]]; then
+    if ((rc != 0 && rc != 130 && rc != 143)) && [[ -d $WORK ]]; then
         echo "==> logs kept in $WORK" >&2
     else
         rm -rf "$WORK"
