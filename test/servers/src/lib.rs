@@ -64,10 +64,16 @@ pub fn free_port() -> u16 {
 }
 
 fn free_port_where(ok: impl Fn(u16) -> bool) -> u16 {
+    // Never hand the same port out twice in one process: tests running in
+    // parallel may each hold a chosen port unbound for a while (a client
+    // pointed at a server that starts later), and must not meet there.
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
     for _ in 0..1000 {
         let port = PORT_RANGE.start + (random_u64() % span) as u16;
-        if ok(port) {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && ok(port) {
+            handed_out.push(port);
             return port;
         }
     }
