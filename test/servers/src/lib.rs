@@ -587,7 +587,9 @@ impl RedisCluster {
 }
 
 fn cluster_port_free(port: u16) -> bool {
-    bindable(port) && bindable(port + 10_000)
+    // The cluster bus (port + 10000) must stay below the ephemeral range
+    // (32768+), or an outgoing connection may take it before the node binds.
+    port + 10_000 < 32_768 && bindable(port) && bindable(port + 10_000)
 }
 
 /// `n` distinct free ports for Redis Cluster nodes: each free, and free + 10000
