@@ -119,6 +119,24 @@ pub async fn trigger(cluster: &Cluster, via: usize, channel: &str, name: &str, d
     assert_eq!(status, 200, "{body}");
 }
 
+/// Webhook events as sorted `"name channel user_id"` lines, to compare
+/// with the facts a test expects (each exactly once).
+pub fn webhook_facts(events: &[Value]) -> Vec<String> {
+    let mut facts: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["name"].as_str().unwrap(),
+                e["channel"].as_str().unwrap(),
+                e["user_id"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    facts.sort();
+    facts
+}
+
 /// Instantiates `async fn scenario(kind: Kind)` bodies as one test per
 /// fabric: `redis::scenario`, `redis_cluster::scenario`, `nats::scenario`.
 #[macro_export]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_e2e::cluster::{eventually, next, trigger, Cluster, Fabric, Kind};
+use herald_e2e::cluster::{eventually, next, trigger, webhook_facts, Cluster, Fabric, Kind};
 use herald_e2e::{data, Closed, HeraldProcess, WebhookReceiver};
 use herald_test_servers::{NatsServer, RedisCluster, RedisServer};
 use serde_json::{json, Value};
@@ -211,18 +211,7 @@ async fn webhooks(kind: Kind) {
     while let Ok(Some(hook)) = tokio::time::timeout(Duration::from_millis(300), receiver.next_opt()).await {
         got.extend(hook.json()["events"].as_array().cloned().unwrap_or_default());
     }
-    let mut facts: Vec<String> = got
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {} {}",
-                e["name"].as_str().unwrap(),
-                e["channel"].as_str().unwrap(),
-                e["user_id"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    facts.sort();
+    let facts = webhook_facts(&got);
     let mut expected = Vec::new();
     for ch in ["presence-h1", "presence-h2", "presence-h3"] {
         expected.push(format!("channel_occupied {ch} "));

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_e2e::cluster::{eventually, next, trigger, Cluster, Fabric, Kind};
+use herald_e2e::cluster::{eventually, next, trigger, webhook_facts, Cluster, Fabric, Kind};
 use herald_e2e::{data, metric_value, WebhookReceiver};
 use serde_json::{json, Value};
 
@@ -174,18 +174,7 @@ async fn death_webhooks(kind: Kind) {
     cluster.nodes[1].kill();
     let got = receiver.events_until(|events| events.len() >= 8).await;
     receiver.expect_none(Duration::from_millis(700)).await;
-    let mut facts: Vec<String> = got
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {} {}",
-                e["name"].as_str().unwrap(),
-                e["channel"].as_str().unwrap(),
-                e["user_id"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    facts.sort();
+    let facts = webhook_facts(&got);
     let mut expected = Vec::new();
     for ch in ["presence-d1", "presence-d2", "presence-d3", "presence-d4"] {
         expected.push(format!("channel_vacated {ch} "));

@@ -687,13 +687,7 @@ impl Adapter for ClusterAdapter {
                 }
             }
         }
-        Ok(counts
-            .into_iter()
-            .map(|(name, subscription_count)| {
-                let user_count = ns.user_count(&name);
-                ChannelSummary { name, subscription_count, user_count }
-            })
-            .collect())
+        Ok(ns.summarize(counts))
     }
 
     async fn terminate_user_connections(&self, app_id: &str, user_id: &str) -> Result<usize, AdapterError> {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::delivery::deliver;
 use super::Namespace;
-use crate::adapter::Subscription;
+use crate::adapter::{ChannelSummary, Subscription};
 use crate::connection::{Connection, Frame};
 use crate::replica::{Change, NodeAppState, NodeId};
 
@@ -410,6 +410,20 @@ impl Namespace {
             .iter()
             .filter(|(_, c)| !c.subscribers.is_empty())
             .map(|(name, c)| (name.to_string(), c.subscribers.len()))
+            .collect()
+    }
+
+    /// The REST view of channels given their subscription counts (local, or
+    /// summed over the cluster): `user_count` from the replicated presence,
+    /// under one lock for the whole list.
+    pub fn summarize(&self, counts: impl IntoIterator<Item = (String, usize)>) -> Vec<ChannelSummary> {
+        let channels = self.channels.lock();
+        counts
+            .into_iter()
+            .map(|(name, subscription_count)| {
+                let user_count = channels.get(name.as_str()).map_or(0, |c| c.user_count());
+                ChannelSummary { name, subscription_count, user_count }
+            })
             .collect()
     }
 

@@ -254,14 +254,7 @@ impl Adapter for LocalAdapter {
 
     async fn channels(&self, app_id: &str) -> Result<Vec<ChannelSummary>, AdapterError> {
         let ns = self.ns(app_id)?;
-        Ok(ns
-            .local_channels()
-            .into_iter()
-            .map(|(name, subscription_count)| {
-                let user_count = ns.user_count(&name);
-                ChannelSummary { name, subscription_count, user_count }
-            })
-            .collect())
+        Ok(ns.summarize(ns.local_channels()))
     }
 
     async fn terminate_user_connections(&self, app_id: &str, user_id: &str) -> Result<usize, AdapterError> {
