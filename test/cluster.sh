@@ -5,24 +5,27 @@
 #   test/cluster.sh            # Redis fabric; runs until Ctrl-C
 #   test/cluster.sh --nats     # NATS fabric
 #   test/cluster.sh --check    # start, verify the cluster formed, stop (exit 1 on failure)
+#   test/cluster.sh --demo     # also serve the live demo page (test/demo) on DEMO_PORT (8080)
 #
 # Builds target/release/herald, starts redis-server (or nats-server) on a
 # free local port and three nodes on 127.0.0.1 ports 6001-6003 (metrics
 # 9601-9603) with one adapter prefix and one app, and stops all of them on
 # exit.  Environment: BASE_PORT (6001), METRICS_BASE_PORT (9601),
 # HERALD_APP_ID / HERALD_APP_KEY / HERALD_APP_SECRET (app-id / app-key /
-# app-secret), HERALD_ADAPTER_PREFIX (herald-local), NODES (3).
+# app-secret), HERALD_ADAPTER_PREFIX (herald-local), NODES (3), DEMO_PORT (8080).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ADAPTER=redis
 CHECK=0
+DEMO=0
 for arg in "$@"; do
     case "$arg" in
         --nats) ADAPTER=nats ;;
         --redis) ADAPTER=redis ;;
         --check) CHECK=1 ;;
-        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --demo) DEMO=1 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "cluster.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,6 +43,7 @@ need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found; install $2"; }
 need cargo "a Rust toolchain (https://rustup.rs)"
 need curl "the curl package (apt-get install -y curl)"
 need python3 "python3"
+if ((DEMO)); then need node "Node.js (apt-get install -y nodejs npm)"; need npm "npm"; fi
 if [[ $ADAPTER == redis ]]; then need redis-server "the redis-server package"; else need nats-server "the nats-server package"; fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -170,6 +174,24 @@ print(q + "&auth_signature=" + sig)')
     if ((fail)); then echo "cluster check FAILED ($ADAPTER)"; exit 1; fi
     echo "cluster check passed ($ADAPTER, $NODES nodes)"
     exit 0
+fi
+
+if ((DEMO)); then
+    DEMO_PORT=${DEMO_PORT:-8080}
+    port_busy "$DEMO_PORT" && die "port $DEMO_PORT is already in use (set DEMO_PORT)"
+    if [[ ! -d $ROOT/test/demo/node_modules ]]; then
+        echo "==> npm ci (test/demo)"
+        (cd "$ROOT/test/demo" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    nodes=""
+    for ((i = 1; i <= NODES; i++)); do nodes+="${nodes:+,}127.0.0.1:$((BASE_PORT + i - 1))"; done
+    HERALD_NODES=$nodes DEMO_PORT=$DEMO_PORT HERALD_APP_ID=$APP_ID HERALD_APP_KEY=$APP_KEY HERALD_APP_SECRET=$APP_SECRET \
+        node "$ROOT/test/demo/server.mjs" >"$WORK/demo.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do port_busy "$DEMO_PORT" && break; sleep 0.1; done
+    port_busy "$DEMO_PORT" || { cat "$WORK/demo.log" >&2; die "the demo server did not start"; }
+    echo "  demo page  http://127.0.0.1:$DEMO_PORT/  (one panel per node; log $WORK/demo.log)"
+    echo
 fi
 
 echo "Ctrl-C stops everything."

@@ -5,7 +5,7 @@
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
-import { startHerald, startRedis, startNats, serverSdk, client, once, connected, subscribed } from './herald.mjs';
+import { startHerald, startRedis, startNats, serverSdk, client, once, connected, subscribed, clusterReady } from './herald.mjs';
 
 const NODES = ['A', 'B', 'C'];
 
@@ -13,28 +13,6 @@ const FABRICS = [
   { name: 'redis', start: startRedis, args: (url) => ['--adapter', 'redis', '--redis-url', url] },
   { name: 'nats', start: startNats, args: (url) => ['--adapter', 'nats', '--nats-servers', url] },
 ];
-
-/** Resolves once `node` answers /ready 200 and its herald_cluster_nodes gauge is `expected`. */
-async function clusterReady(name, node, expected, ms = 15_000) {
-  const deadline = Date.now() + ms;
-  let ready = null;
-  let gauge = null;
-  for (;;) {
-    try {
-      ready = (await fetch(`http://127.0.0.1:${node.port}/ready`)).status;
-      const text = await (await fetch(`http://127.0.0.1:${node.metricsPort}/metrics`)).text();
-      const m = text.match(/^herald_cluster_nodes(?:\{[^}]*\})?\s+(\S+)$/m);
-      gauge = m ? Number(m[1]) : null;
-      if (ready === 200 && gauge === expected) return;
-    } catch {
-      /* not answering yet */
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`node ${name}: /ready ${ready}, herald_cluster_nodes ${gauge} (want 200 and ${expected}) after ${ms} ms`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Resolves when `channel` (a presence channel) holds member `id`, from the
  * subscription_succeeded snapshot or a later member_added. Resolves with

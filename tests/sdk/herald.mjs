@@ -193,6 +193,28 @@ export async function startNats() {
   return { ...server, url: `nats://127.0.0.1:${server.port}` };
 }
 
+/** Resolves once `node` answers /ready 200 and its herald_cluster_nodes gauge is `expected`. */
+export async function clusterReady(name, node, expected, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  let ready = null;
+  let gauge = null;
+  for (;;) {
+    try {
+      ready = (await fetch(`http://127.0.0.1:${node.port}/ready`)).status;
+      const text = await (await fetch(`http://127.0.0.1:${node.metricsPort}/metrics`)).text();
+      const m = text.match(/^herald_cluster_nodes(?:\{[^}]*\})?\s+(\S+)$/m);
+      gauge = m ? Number(m[1]) : null;
+      if (ready === 200 && gauge === expected) return;
+    } catch {
+      /* not answering yet */
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`node ${name}: /ready ${ready}, herald_cluster_nodes ${gauge} (want 200 and ${expected}) after ${ms} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** The official server SDK, pointed at herald. */
 export function serverSdk(port) {
   return new Pusher({
