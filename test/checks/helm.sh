@@ -158,10 +158,15 @@ def assertions(name, values, docs):
                   "HERALD_REDIS_URL from redis.existingSecret")
         else:
             check(name, cm["HERALD_REDIS_URL"] == merged["redis"]["url"], "HERALD_REDIS_URL from redis.url")
-    if adapter == "redis-cluster":
-        check(name, cm["HERALD_REDIS_CLUSTER_NODES"] == ",".join(merged["redisCluster"]["nodes"]), "HERALD_REDIS_CLUSTER_NODES comma-joined")
-    if adapter == "nats":
-        check(name, cm["HERALD_NATS_SERVERS"] == ",".join(merged["nats"]["servers"]), "HERALD_NATS_SERVERS comma-joined")
+    for key, var, field in (("redisCluster", "HERALD_REDIS_CLUSTER_NODES", "nodes"), ("nats", "HERALD_NATS_SERVERS", "servers")):
+        if adapter != {"redisCluster": "redis-cluster", "nats": "nats"}[key]:
+            continue
+        if merged[key]["existingSecret"]:
+            ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef")
+            check(name, ref == {"name": merged[key]["existingSecret"], "key": merged[key]["existingSecretKey"]} and var not in cm,
+                  f"{var} from {key}.existingSecret")
+        else:
+            check(name, cm[var] == ",".join(merged[key][field]), f"{var} comma-joined")
     if adapter != "local":
         check(name, cm["HERALD_ADAPTER_PREFIX"] == merged["adapterPrefix"]
               and cm["HERALD_REQUEST_TIMEOUT_MS"] == str(merged["requestTimeoutMs"])

@@ -121,11 +121,11 @@ written with toJson: JSON strings, numbers, booleans and string arrays are valid
 Refuse settings Herald itself would refuse at start, with the value named.
 */}}
 {{- define "herald.validate" -}}
-{{- if and (eq .Values.adapter "redis-cluster") (empty .Values.redisCluster.nodes) }}
-{{- fail "adapter is redis-cluster: set redisCluster.nodes (at least one seed URL)" }}
+{{- if and (eq .Values.adapter "redis-cluster") (empty .Values.redisCluster.nodes) (empty .Values.redisCluster.existingSecret) }}
+{{- fail "adapter is redis-cluster: set redisCluster.nodes (at least one seed URL) or redisCluster.existingSecret" }}
 {{- end }}
-{{- if and (eq .Values.adapter "nats") (empty .Values.nats.servers) }}
-{{- fail "adapter is nats: set nats.servers" }}
+{{- if and (eq .Values.adapter "nats") (empty .Values.nats.servers) (empty .Values.nats.existingSecret) }}
+{{- fail "adapter is nats: set nats.servers or nats.existingSecret" }}
 {{- end }}
 {{- if and (eq .Values.adapter "redis") (empty .Values.redis.existingSecret) (empty .Values.redis.url) }}
 {{- fail "adapter is redis: set redis.url or redis.existingSecret" }}
