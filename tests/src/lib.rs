@@ -79,7 +79,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(server) = &self.server {
+            // Drain and stop the listeners at once (no waiting in a drop).
             server.state().start_drain();
+            server.state().shutdown.cancel();
         }
     }
 }
