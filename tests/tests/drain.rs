@@ -129,7 +129,8 @@ async fn the_drain_ends_as_soon_as_the_clients_leave() {
     for mut client in clients {
         // The first one may already have been closed (its turn is at once).
         let _ = client.ws.close(None).await;
-        let _ = tokio::time::timeout(herald_e2e::WAIT, async { while let Some(Ok(_)) = client.ws.next().await {} }).await;
+        let _ =
+            tokio::time::timeout(herald_e2e::WAIT, async { while let Some(Ok(_)) = client.ws.next().await {} }).await;
     }
     let status = herald.exit_status(Duration::from_secs(30)).expect("the process exits once its clients left");
     let exited = sigterm.elapsed();

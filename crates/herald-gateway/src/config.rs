@@ -732,7 +732,8 @@ mod tests {
     fn drain_window_defaults_to_half_the_grace_and_may_not_exceed_it() {
         let c = Config::load(&Cli::default(), env(&[])).unwrap();
         assert_eq!((c.drain_window, c.effective_drain_window()), (None, Duration::from_secs(5)));
-        let c = Config::load(&Cli::default(), env(&[("HERALD_SHUTDOWN_GRACE", "3"), ("HERALD_DRAIN_WINDOW", "")])).unwrap();
+        let c =
+            Config::load(&Cli::default(), env(&[("HERALD_SHUTDOWN_GRACE", "3"), ("HERALD_DRAIN_WINDOW", "")])).unwrap();
         assert_eq!(c.effective_drain_window(), Duration::from_millis(1500));
         let c = load_file("shutdown_grace = 30\ndrain_window = 30\n", &[], &[]).unwrap();
         assert_eq!(c.effective_drain_window(), Duration::from_secs(30));
