@@ -31,6 +31,7 @@ EXPOSE 6001 9601
 # The check assumes the default HERALD_PORT=6001.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:6001/up"]
-# SIGTERM drains clients for shutdown_grace seconds (default 10) before exit.
+# SIGTERM drains: clients are closed over drain_window (default 5 s), the process
+# exits once they are gone, after at most shutdown_grace seconds (default 10).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["herald"]

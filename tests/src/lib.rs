@@ -79,7 +79,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(server) = &self.server {
+            // Drain and stop the listeners at once (no waiting in a drop).
             server.state().start_drain();
+            server.state().shutdown.cancel();
         }
     }
 }
@@ -516,6 +518,36 @@ impl HeraldProcess {
         false
     }
 
+    /// Waits for the process to exit, up to `within`; returns its status.
+    pub fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The HTTP status of `GET path` on the public port (`None` when the
+    /// connection is refused or fails).
+    pub async fn get_status(&self, path: &str) -> Option<u16> {
+        http_status(&format!("http://{}{path}", self.addr)).await
+    }
+
+    /// The HTTP status of `GET /metrics` on the metrics port.
+    pub async fn metrics_status(&self) -> Option<u16> {
+        http_status(&format!("http://{}/metrics", self.metrics_addr)).await
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/app/{}?protocol=7&client=test&version=1", self.addr, self.app.key)
     }
@@ -539,6 +571,13 @@ impl Drop for HeraldProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The status of `GET url`, or `None` when no answer came (refused, reset,
+/// or nothing within [`WAIT`]).
+pub async fn http_status(url: &str) -> Option<u16> {
+    let request = reqwest::Client::new().get(url).timeout(WAIT).send();
+    request.await.ok().map(|r| r.status().as_u16())
 }
 
 /// Raises this process's descriptor limit to its hard limit.

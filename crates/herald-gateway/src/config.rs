@@ -146,6 +146,10 @@ settings! {
     /// Seconds SIGTERM waits for clients to leave before closing them.
     shutdown_grace: u64 = "10", "HERALD_SHUTDOWN_GRACE"
         => shutdown_grace: Duration = Duration::from_secs, check seconds(0);
+    /// Seconds over which SIGTERM spreads the 4200 closes of the connected clients; at most shutdown_grace.
+    drain_window: OptSeconds = "" as "half of shutdown_grace", "HERALD_DRAIN_WINDOW"
+        => drain_window: Option<Duration> = OptSeconds::duration,
+        check |d: &Option<Duration>| d.as_ref().map_or(Ok(()), seconds(0));
     /// Cleanup worker tasks; 0 = one per core.
     cleanup_workers: usize = "0", "HERALD_CLEANUP_WORKERS" => cleanup_workers: usize, check range(0, 1024);
     /// Departures each cleanup worker may have queued; beyond, cleanup runs synchronously.
@@ -275,6 +279,46 @@ impl FromStr for List {
 impl From<List> for Vec<String> {
     fn from(list: List) -> Self {
         list.0
+    }
+}
+
+/// A number of seconds that may be left unset: empty in flags and
+/// environment variables; in the file an integer (or a string holding one,
+/// or empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "OptSecondsRepr")]
+pub struct OptSeconds(pub Option<u64>);
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a whole number of seconds")]
+enum OptSecondsRepr {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<OptSecondsRepr> for OptSeconds {
+    type Error = String;
+    fn try_from(repr: OptSecondsRepr) -> Result<Self, String> {
+        match repr {
+            OptSecondsRepr::Number(n) => Ok(OptSeconds(Some(n))),
+            OptSecondsRepr::Text(text) => text.parse(),
+        }
+    }
+}
+
+impl FromStr for OptSeconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" => Ok(OptSeconds(None)),
+            s => s.parse().map(|n| OptSeconds(Some(n))).map_err(|e| format!("{s:?}: {e}")),
+        }
+    }
+}
+
+impl OptSeconds {
+    fn duration(self) -> Option<Duration> {
+        self.0.map(Duration::from_secs)
     }
 }
 
@@ -468,9 +512,19 @@ impl Config {
         Ok(config)
     }
 
+    /// The drain window in effect: `drain_window`, or half of
+    /// `shutdown_grace` when it is unset.
+    pub fn effective_drain_window(&self) -> Duration {
+        self.drain_window.unwrap_or(self.shutdown_grace / 2)
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_ranges()?;
+        if self.drain_window.is_some_and(|window| window > self.shutdown_grace) {
+            let grace = self.shutdown_grace.as_secs();
+            return Err(invalid("drain_window", format!("must be at most shutdown_grace ({grace} s)")));
+        }
         if self.port != 0 && self.port == self.metrics_port {
             return Err(invalid("metrics_port", "must differ from port"));
         }
@@ -675,6 +729,32 @@ mod tests {
     }
 
     #[test]
+    fn drain_window_defaults_to_half_the_grace_and_may_not_exceed_it() {
+        let c = Config::load(&Cli::default(), env(&[])).unwrap();
+        assert_eq!((c.drain_window, c.effective_drain_window()), (None, Duration::from_secs(5)));
+        let c =
+            Config::load(&Cli::default(), env(&[("HERALD_SHUTDOWN_GRACE", "3"), ("HERALD_DRAIN_WINDOW", "")])).unwrap();
+        assert_eq!(c.effective_drain_window(), Duration::from_millis(1500));
+        let c = load_file("shutdown_grace = 30\ndrain_window = 30\n", &[], &[]).unwrap();
+        assert_eq!(c.effective_drain_window(), Duration::from_secs(30));
+        let c = load_file("drain_window = 7\n", &[("HERALD_DRAIN_WINDOW", "2")], &["--drain-window=0"]).unwrap();
+        assert_eq!(c.drain_window, Some(Duration::ZERO));
+        let refused = [
+            load_file("drain_window = 11\n", &[], &[]),
+            load_file("shutdown_grace = 4\n", &[("HERALD_DRAIN_WINDOW", "5")], &[]),
+            load_file("", &[("HERALD_SHUTDOWN_GRACE", "1")], &["--drain-window=2"]),
+        ];
+        for err in refused.map(Result::unwrap_err) {
+            assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "drain_window"), "{err}");
+            assert!(err.to_string().contains("shutdown_grace"), "{err}");
+        }
+        let err = Config::load(&Cli::default(), env(&[("HERALD_DRAIN_WINDOW", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("HERALD_DRAIN_WINDOW"), "{err}");
+        let err = load_file("drain_window = -1\n", &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("drain_window"), "{err}");
+    }
+
+    #[test]
     fn cluster_defaults() {
         let c = Config::default();
         assert_eq!(c.adapter, AdapterKind::Local);
@@ -867,7 +947,8 @@ mod tests {
             let line = docs.lines().find(|l| l.starts_with(&row));
             assert!(line.is_some_and(|l| l.contains(shown)), "docs/configuration.md lacks the row {row} with {shown}");
             // The default must be accepted by each source under its name.
-            let value = if *shown == "the host name" || *shown == "none" { "" } else { shown };
+            let unset = ["the host name", "none", "half of shutdown_grace"];
+            let value = if unset.contains(shown) { "" } else { shown };
             let as_file = [format!("{key} = {value}"), format!("{key} = {value:?}")];
             assert!(as_file.iter().any(|t| toml::from_str::<FileConfig>(t).is_ok()), "file refuses {key} = {value}");
             let cli = Cli::try_parse_from(["herald", &format!("--{}={value}", key.replace('_', "-"))]).unwrap();

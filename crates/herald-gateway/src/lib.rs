@@ -8,6 +8,7 @@
 pub mod apps;
 mod cluster;
 pub mod config;
+pub mod drain;
 mod hub;
 pub mod logging;
 mod rest;

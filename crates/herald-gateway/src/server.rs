@@ -1,8 +1,10 @@
 //! Starting and stopping a Herald node: builds the state, binds the public
 //! and metrics listeners, and owns every task until shutdown drains them.
+//! The listeners outlive the drain: they stop last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_metrics::Metrics;
@@ -15,6 +17,10 @@ use warp::Filter;
 use crate::config::Config;
 use crate::rest::json_reply;
 use crate::state::State;
+
+/// How long the listeners may take to finish the requests in flight once
+/// they are told to stop.
+const LISTENER_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A running node.
 pub struct Server {
@@ -63,13 +69,19 @@ impl Server {
         &self.state
     }
 
-    /// Drains: stop accepting, tell every client to reconnect (4200), wait
-    /// up to the grace period for connections to finish, then stop.
+    /// Drains, then stops. While the drain lasts the listeners keep
+    /// serving: `/ready` answers 503, new WebSocket upgrades get HTTP 503,
+    /// `/up`, `/metrics` and the REST API work as before, and every
+    /// connection is closed with 4200 at its turn, spread over
+    /// `drain_window`. Once the connections are gone (or `shutdown_grace`
+    /// has passed) the departures are published, the node leaves the
+    /// cluster, webhooks are flushed, and the listeners stop last.
     pub async fn shutdown(self) {
-        tracing::info!("draining connections");
-        self.state.start_drain();
-        self.state.tracker.close();
         let grace = self.state.config.shutdown_grace;
+        let sessions = self.state.start_drain();
+        let window = self.state.drain.window();
+        tracing::info!(sessions, window_ms = window.as_millis() as u64, "draining connections");
+        self.state.tracker.close();
         if tokio::time::timeout(grace, self.state.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
@@ -84,9 +96,13 @@ impl Server {
         if tokio::time::timeout(grace, hooks.tasks.wait()).await.is_err() {
             tracing::warn!("webhook deliveries still pending at exit");
         }
-        for task in self.http {
-            task.abort();
-            let _ = task.await;
+        // Last, the listeners: requests in flight get a moment to finish.
+        self.state.shutdown.cancel();
+        for mut task in self.http {
+            if tokio::time::timeout(LISTENER_DEADLINE, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
         tracing::info!("stopped");
     }

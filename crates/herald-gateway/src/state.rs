@@ -1,8 +1,7 @@
 //! What every request and connection handler shares: config, apps, the
-//! adapter, metrics, and the shutdown token and task tracker that own every
-//! task the server spawns.
+//! adapter, metrics, the drain, and the shutdown token and task tracker that
+//! own every task the server spawns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::webhooks;
 
 pub struct State {
@@ -22,15 +22,18 @@ pub struct State {
     pub apps: Apps,
     pub adapter: Arc<dyn Adapter>,
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the server starts draining.
+    /// Cancelled at the very end of shutdown, after the drain: the HTTP
+    /// listeners stop. (The drain itself is [`State::drain`].)
     pub shutdown: CancellationToken,
+    /// Started by SIGTERM: `/ready` 503, upgrades refused, connections
+    /// closed one by one over `drain_window`.
+    pub drain: Drain,
     /// Every connection task; shutdown waits on it.
     pub tracker: TaskTracker,
     /// Departures are cleaned here, off the connection's task.
     pub cleanup: CleanupPool,
     /// Webhook delivery tasks and their stop signal.
     pub webhooks: webhooks::Runtime,
-    draining: AtomicBool,
 }
 
 impl State {
@@ -51,6 +54,7 @@ impl State {
             batch_timeout: config.cleanup_batch_timeout,
         };
         let cleanup_metrics = CleanupMetrics::from_node(metrics.node());
+        let drain = Drain::new(config.effective_drain_window());
         Arc::new_cyclic(|state: &Weak<State>| Self {
             cleanup: CleanupPool::start(
                 cleanup_config,
@@ -63,20 +67,22 @@ impl State {
             adapter,
             metrics,
             shutdown: CancellationToken::new(),
+            drain,
             tracker: TaskTracker::new(),
             webhooks,
-            draining: AtomicBool::new(false),
         })
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.drain.is_draining()
     }
 
-    /// Stops accepting work and tells every connection to leave.
-    pub fn start_drain(&self) {
-        self.draining.store(true, Ordering::Release);
-        self.shutdown.cancel();
+    /// Starts the drain: `/ready` answers 503, new upgrades are refused and
+    /// every connection is closed with 4200 at its turn within
+    /// `drain_window`. The listeners keep serving. Returns how many
+    /// connections the closes are spread over.
+    pub fn start_drain(&self) -> usize {
+        self.drain.start()
     }
 }
 

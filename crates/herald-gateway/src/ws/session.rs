@@ -42,6 +42,7 @@ where
             return;
         }
     };
+    let _open = state.drain.open();
     tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
     let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
     if let Err(e) = state.adapter.add_connection(&app.config.id, conn.clone()) {
@@ -97,17 +98,18 @@ impl Session {
         let conn = self.conn.clone();
         let closing = conn.closing();
         tokio::pin!(closing);
-        let shutdown = self.state.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
-        let mut shutdown_seen = false;
+        let state = self.state.clone();
+        let drain_turn = state.drain.turn();
+        tokio::pin!(drain_turn);
+        let mut drain_seen = false;
         loop {
             let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
             let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
             tokio::select! {
                 biased;
                 _ = &mut closing => break,
-                _ = &mut shutdown, if !shutdown_seen => {
-                    shutdown_seen = true;
+                _ = &mut drain_turn, if !drain_seen => {
+                    drain_seen = true;
                     self.conn.close(ErrorCode::RECONNECT);
                 }
                 frame = stream.next() => {
