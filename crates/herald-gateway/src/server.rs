@@ -77,15 +77,19 @@ impl Server {
     /// has passed) the departures are published, the node leaves the
     /// cluster, webhooks are flushed, and the listeners stop last.
     pub async fn shutdown(self) {
-        let grace = self.state.config.shutdown_grace;
+        // One deadline for the whole drain: the steps after the clients get
+        // what is left of the grace, but never less than a short floor, so
+        // departures are still published when the clients used it all.
+        let deadline = tokio::time::Instant::now() + self.state.config.shutdown_grace;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(STEP_FLOOR);
         let sessions = self.state.start_drain();
         let window = self.state.drain.window();
         tracing::info!(sessions, window_ms = window.as_millis() as u64, "draining connections");
         self.state.tracker.close();
-        if tokio::time::timeout(grace, self.state.tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.state.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
-        if !self.state.cleanup.shutdown(grace).await {
+        if !self.state.cleanup.shutdown(left()).await {
             tracing::warn!("cleanup queues not drained within the grace period");
         }
         // Departures are published; now say goodbye so peers update at once.
@@ -93,7 +97,7 @@ impl Server {
         let hooks = &self.state.webhooks;
         hooks.stop.cancel();
         hooks.tasks.close();
-        if tokio::time::timeout(grace, hooks.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(left(), hooks.tasks.wait()).await.is_err() {
             tracing::warn!("webhook deliveries still pending at exit");
         }
         // Last, the listeners: requests in flight get a moment to finish.
@@ -107,6 +111,10 @@ impl Server {
         tracing::info!("stopped");
     }
 }
+
+/// The least time cleanup and the webhook flush get after the clients, even
+/// when they used the whole grace.
+const STEP_FLOOR: Duration = Duration::from_secs(1);
 
 /// A listener with TCP_NODELAY (inherited by accepted sockets on Linux),
 /// address reuse and a deep backlog for connection storms.
