@@ -197,7 +197,7 @@ settings! {
     /// Frames one client connection may send at once before the rate applies; apps may override.
     client_frame_burst: u32 = "300", "HERALD_CLIENT_FRAME_BURST"
         => client_frame_burst: u32, check range(1, 1_000_000);
-    /// Over-limit frames (each answered with 4301) a connection may send before it is closed with 4100.
+    /// Over-limit frames (each answered with 4301) a connection may send before it is closed with 4101.
     client_frame_strikes: u32 = "20", "HERALD_CLIENT_FRAME_STRIKES"
         => client_frame_strikes: u32, check range(1, 1_000_000);
     /// Milliseconds a client has to send a complete HTTP request head (also bounds idle keep-alive and the WebSocket handshake).

@@ -153,7 +153,7 @@ impl Session {
     }
 
     /// Spends one frame of the connection's budget; over it, answers 4301
-    /// and, once the client keeps going, closes with 4100 (back off).
+    /// and, once the client keeps going, closes with 4101 (back off).
     fn frame_allowed(&mut self) -> bool {
         let verdict = self.frames.check();
         if verdict == Verdict::Allow {
@@ -162,7 +162,7 @@ impl Session {
         self.app.metrics.rejected(Rejection::FrameRateLimited);
         if verdict == Verdict::Close {
             self.error(ErrorCode::CLIENT_EVENT_REJECTED, "frame rate limit exceeded, closing");
-            self.conn.close(ErrorCode::OVER_CAPACITY);
+            self.conn.close(ErrorCode::FRAME_RATE_EXCEEDED);
         } else {
             self.error(ErrorCode::CLIENT_EVENT_REJECTED, "frame rate limit exceeded, frame dropped");
         }
@@ -404,7 +404,7 @@ enum Verdict {
 
 /// The budget every client frame (subscribe, unsubscribe, ping, client
 /// event, anything) is charged to. Over-limit frames are strikes; a strike
-/// count reaching `strikes` closes the connection. Strikes are forgiven only
+/// count reaching `strikes` closes the connection (4101). Strikes are forgiven only
 /// once the client is back under its rate (a token left over after an
 /// allowed frame), so riding just above the rate still ends in a close.
 struct FrameLimiter {
