@@ -8,6 +8,7 @@
 pub mod apps;
 mod cluster;
 pub mod config;
+mod http;
 mod hub;
 pub mod logging;
 mod rest;

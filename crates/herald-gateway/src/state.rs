@@ -30,6 +30,8 @@ pub struct State {
     pub cleanup: CleanupPool,
     /// Webhook delivery tasks and their stop signal.
     pub webhooks: webhooks::Runtime,
+    /// Open connections per client IP (`max_connections_per_ip`).
+    pub ip_limits: Arc<crate::http::IpLimits>,
     draining: AtomicBool,
 }
 
@@ -51,6 +53,7 @@ impl State {
             batch_timeout: config.cleanup_batch_timeout,
         };
         let cleanup_metrics = CleanupMetrics::from_node(metrics.node());
+        let ip_limits = crate::http::IpLimits::new(config.max_connections_per_ip);
         Arc::new_cyclic(|state: &Weak<State>| Self {
             cleanup: CleanupPool::start(
                 cleanup_config,
@@ -65,6 +68,7 @@ impl State {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             webhooks,
+            ip_limits,
             draining: AtomicBool::new(false),
         })
     }
