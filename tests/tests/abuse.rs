@@ -200,3 +200,166 @@ async fn an_app_overrides_the_node_frame_budget() {
     let (pongs, refused) = ping_burst(&mut tight, 40).await;
     assert!((3..=8).contains(&pongs) && refused >= 32, "tight: {pongs} pongs, {refused} refused");
 }
+
+/// Sends `request` on a fresh connection and reads the answer to the end.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("tcp connects");
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("the server answers and closes");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+const UP: &[u8] = b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn half_sent_request_heads_are_closed_after_the_head_timeout_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HELD: usize = 1000;
+    // Long enough that opening the sockets and the checks below fit in it
+    // on a loaded machine; short enough for a test.
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(6);
+    herald_e2e::raise_fd_limit();
+    let proc = herald_e2e::HeraldProcess::start(&[("HERALD_HTTP_HEAD_TIMEOUT_MS", "6000")]);
+    let mut held = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        let mut s = tokio::net::TcpStream::connect(proc.addr).await.expect("tcp connects");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(s);
+    }
+    let held_since = Instant::now();
+
+    // While they are held, WebSocket clients and REST calls are served.
+    let mut client = proc.connect().await;
+    client.subscribe("live").await;
+    let (status, _) = proc.rest().trigger(&["live"], "e", "{}").await;
+    assert_eq!(status, 200);
+    assert_eq!(client.recv_event("e").await["channel"], "live");
+    assert!(raw_exchange(proc.addr, UP).await.starts_with("HTTP/1.1 200"));
+    // ...and the half-sent heads are all still open: not closed early.
+    let mut buf = [0u8; 256];
+    assert!(held_since.elapsed() < HEAD_TIMEOUT, "setup took longer than the head timeout");
+    for (i, s) in held.iter().enumerate() {
+        let open = matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(open, "held connection {i} closed before the head timeout");
+    }
+
+    // Then the server closes every one of them.
+    let deadline = held_since + HEAD_TIMEOUT + Duration::from_secs(30);
+    for (i, s) in held.iter_mut().enumerate() {
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => panic!("held connection {i} still open {:?} after its head", held_since.elapsed()),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+    assert!(held_since.elapsed() >= HEAD_TIMEOUT);
+    let metrics = proc.metrics().await;
+    let timeouts = metric_value(&metrics, "herald_rejections_total", &[("reason", "http_timeout")]).unwrap();
+    assert!(timeouts >= HELD as f64, "{timeouts}");
+    // The WebSocket opened while they were held is not subject to the head
+    // timeout: it outlived it and still answers.
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv_event("pusher:pong").await["event"], "pusher:pong");
+    assert!(raw_exchange(proc.addr, UP).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn the_per_ip_cap_refuses_the_next_connection_with_429() {
+    let server = TestServer::with(|c| c.max_connections_per_ip = 3).await;
+    let mut clients = vec![server.connect().await, server.connect().await, server.connect().await];
+    let refused = raw_exchange(server.addr, UP).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("too many connections from this address"), "{refused}");
+    match tokio_tungstenite::connect_async(server.ws_url("app-key")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a 4th WebSocket from 127.0.0.1 was not refused: {:?}", other.map(|_| ())),
+    }
+    // The ones holding slots are unaffected.
+    clients[0].send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(clients[0].recv().await["event"], "pusher:pong");
+    let metrics = server.metrics().await;
+    let refusals = metric_value(&metrics, "herald_rejections_total", &[("reason", "ip_connection_limit")]).unwrap();
+    assert!(refusals >= 2.0, "{refusals}");
+    // A slot is freed when its connection ends.
+    clients.pop();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = raw_exchange(server.addr, UP).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn there_is_no_per_ip_cap_by_default() {
+    assert_eq!(Config::default().max_connections_per_ip, 0);
+    assert!(!Config::default().trust_forwarded_for);
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(server.connect().await);
+    }
+    assert!(raw_exchange(server.addr, UP).await.starts_with("HTTP/1.1 200"));
+    let (status, _) = server.rest().trigger(&["x"], "e", "{}").await;
+    assert_eq!(status, 200);
+}
+
+async fn connect_forwarded_for(url: &str, ip: &str) -> Result<(), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("x-forwarded-for", format!("198.51.100.1, {ip}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => {
+            // Keep it open: the test holds the slot until it drops the task.
+            tokio::spawn(async move {
+                let mut ws = ws;
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+            Ok(())
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_websockets_are_capped_by_the_forwarded_address() {
+    let server = TestServer::with(|c| {
+        c.max_connections_per_ip = 2;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let url = server.ws_url("app-key");
+    assert_eq!(connect_forwarded_for(&url, "203.0.113.7").await, Ok(()));
+    assert_eq!(connect_forwarded_for(&url, "203.0.113.7").await, Ok(()));
+    assert_eq!(connect_forwarded_for(&url, "203.0.113.7").await, Err(429));
+    // Every connection comes from 127.0.0.1, yet other clients still get in,
+    // and REST calls (the app's backend) are not capped.
+    assert_eq!(connect_forwarded_for(&url, "203.0.113.8").await, Ok(()));
+    assert_eq!(connect_forwarded_for(&url, "203.0.113.9").await, Ok(()));
+    for _ in 0..5 {
+        assert!(raw_exchange(server.addr, UP).await.starts_with("HTTP/1.1 200"));
+    }
+}
+
+#[tokio::test]
+async fn a_rest_body_that_never_arrives_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with(|c| c.http_body_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("the server gives up on the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let metrics = server.metrics().await;
+    assert_eq!(metric_value(&metrics, "herald_rejections_total", &[("reason", "http_timeout")]), Some(1.0));
+}
