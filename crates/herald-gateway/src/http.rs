@@ -203,7 +203,7 @@ where
                 tracing::debug!(%peer, "connection over the per-IP cap");
                 builder.keep_alive(false);
                 let io = TokioIo::new(stream);
-                let service = with_peer(refuse.clone(), peer);
+                let service = with_peer(refuse, peer);
                 conns.spawn(async move {
                     let result = tokio::select! {
                         result = builder.serve_connection(io, service) => result,

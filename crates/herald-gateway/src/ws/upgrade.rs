@@ -38,7 +38,11 @@ pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp:
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ext::optional::<PeerAddr>())
         .map(
-            move |key: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>, peer: Option<PeerAddr>| {
+            move |key: String,
+                  headers: HeaderMap,
+                  query: String,
+                  on_upgrade: Option<OnUpgrade>,
+                  peer: Option<PeerAddr>| {
                 upgrade(state.clone(), key, &headers, &query, on_upgrade, peer)
             },
         )
