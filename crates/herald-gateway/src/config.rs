@@ -705,6 +705,26 @@ mod tests {
         assert!(err.to_string().contains("client_event"), "{err}");
     }
 
+    #[test]
+    fn frame_budget_defaults_and_app_overrides() {
+        let c = Config::default();
+        assert_eq!((c.client_frame_rate, c.client_frame_burst, c.client_frame_strikes), (50, 300, 20));
+        assert_eq!(c.max_connections_per_ip, 0);
+        assert!(!c.trust_forwarded_for);
+        let f =
+            file("client_frame_burst = 7\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_frame_burst = 9\n");
+        let c = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap();
+        assert_eq!(
+            (c.client_frame_burst, c.apps[0].client_frame_burst, c.apps[0].client_frame_rate),
+            (7, Some(9), None)
+        );
+        let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_frame_rate = 0\n");
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("apps[0].client_frame_rate"), "{err}");
+        let err = Config::load(&Cli::default(), env(&[("HERALD_CLIENT_FRAME_STRIKES", "0")])).unwrap_err();
+        assert!(err.to_string().contains("client_frame_strikes"), "{err}");
+    }
+
     fn load_file(text: &str, vars: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
         let f = file(text);
         let mut args = vec!["herald", "--config", f.0.to_str().unwrap()];
