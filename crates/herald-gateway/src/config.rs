@@ -195,6 +195,26 @@ settings! {
         => node_timeout: Duration = Duration::from_millis, check millis(1);
     /// Messages received from the fabric that may wait for this node.
     fabric_queue: usize = "65536", "HERALD_FABRIC_QUEUE" => fabric_queue: usize, check range(1, MAX_QUEUE);
+    /// Frames per second one client connection may send, sustained (any kind); apps may override.
+    client_frame_rate: u32 = "50", "HERALD_CLIENT_FRAME_RATE"
+        => client_frame_rate: u32, check range(1, 1_000_000);
+    /// Frames one client connection may send at once before the rate applies; apps may override.
+    client_frame_burst: u32 = "300", "HERALD_CLIENT_FRAME_BURST"
+        => client_frame_burst: u32, check range(1, 1_000_000);
+    /// Over-limit frames (each answered with 4301) a connection may send before it is closed with 4101.
+    client_frame_strikes: u32 = "20", "HERALD_CLIENT_FRAME_STRIKES"
+        => client_frame_strikes: u32, check range(1, 1_000_000);
+    /// Milliseconds a client has to send a complete HTTP request head (also bounds idle keep-alive and the WebSocket handshake).
+    http_head_timeout_ms: u64 = "10000", "HERALD_HTTP_HEAD_TIMEOUT_MS"
+        => http_head_timeout: Duration = Duration::from_millis, check millis(1);
+    /// Milliseconds a client has to send a REST request body.
+    http_body_timeout_ms: u64 = "30000", "HERALD_HTTP_BODY_TIMEOUT_MS"
+        => http_body_timeout: Duration = Duration::from_millis, check millis(1);
+    /// Open connections one client IP may hold; 0 = no cap.
+    max_connections_per_ip: usize = "0", "HERALD_MAX_CONNECTIONS_PER_IP"
+        => max_connections_per_ip: usize, check range(0, MAX_QUEUE);
+    /// Take the client IP from the last X-Forwarded-For entry (only behind a proxy that sets it).
+    trust_forwarded_for: bool = "false", "HERALD_TRUST_FORWARDED_FOR" => trust_forwarded_for: bool;
 }
 
 /// Log output format.
@@ -440,6 +460,12 @@ pub struct AppConfig {
     pub user_authentication_timeout: u64,
     /// Channels one connection may be subscribed to at once.
     pub max_channels_per_connection: usize,
+    /// Overrides the node's `client_frame_rate` for this app.
+    pub client_frame_rate: Option<u32>,
+    /// Overrides the node's `client_frame_burst` for this app.
+    pub client_frame_burst: Option<u32>,
+    /// Overrides the node's `client_frame_strikes` for this app.
+    pub client_frame_strikes: Option<u32>,
     /// Where this app's webhooks go.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -471,6 +497,9 @@ impl Default for AppConfig {
             max_batch_size: 10,
             user_authentication_timeout: 0,
             max_channels_per_connection: 1000,
+            client_frame_rate: None,
+            client_frame_burst: None,
+            client_frame_strikes: None,
             webhooks: Vec::new(),
         }
     }
@@ -558,6 +587,15 @@ impl Config {
             }
             if app.client_event_rate == 0 && app.client_events {
                 return Err(invalid(key("client_event_rate"), "must be at least 1 when client_events is on"));
+            }
+            for (field, value) in [
+                ("client_frame_rate", app.client_frame_rate),
+                ("client_frame_burst", app.client_frame_burst),
+                ("client_frame_strikes", app.client_frame_strikes),
+            ] {
+                if let Some(v) = value {
+                    range(1, 1_000_000)(&v).map_err(|m| invalid(key(field), m))?;
+                }
             }
             for (j, hook) in app.webhooks.iter().enumerate() {
                 let field = |f: &str| key(&format!("webhooks[{j}].{f}"));
@@ -719,6 +757,26 @@ mod tests {
         let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
         let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
         assert!(err.to_string().contains("client_event"), "{err}");
+    }
+
+    #[test]
+    fn frame_budget_defaults_and_app_overrides() {
+        let c = Config::default();
+        assert_eq!((c.client_frame_rate, c.client_frame_burst, c.client_frame_strikes), (50, 300, 20));
+        assert_eq!(c.max_connections_per_ip, 0);
+        assert!(!c.trust_forwarded_for);
+        let f =
+            file("client_frame_burst = 7\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_frame_burst = 9\n");
+        let c = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap();
+        assert_eq!(
+            (c.client_frame_burst, c.apps[0].client_frame_burst, c.apps[0].client_frame_rate),
+            (7, Some(9), None)
+        );
+        let f = file("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_frame_rate = 0\n");
+        let err = Config::load(&Cli { config: Some(f.0.clone()), ..Cli::default() }, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("apps[0].client_frame_rate"), "{err}");
+        let err = Config::load(&Cli::default(), env(&[("HERALD_CLIENT_FRAME_STRIKES", "0")])).unwrap_err();
+        assert!(err.to_string().contains("client_frame_strikes"), "{err}");
     }
 
     fn load_file(text: &str, vars: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {

@@ -9,6 +9,7 @@ pub mod apps;
 mod cluster;
 pub mod config;
 pub mod drain;
+mod http;
 mod hub;
 pub mod logging;
 mod rest;

@@ -48,9 +48,14 @@ impl Server {
             .unify()
             .or(warp::any().map(|| json_reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}))))
             .unify();
-        let stop = state.shutdown.clone();
+        let settings = crate::http::Settings {
+            head_timeout: state.config.http_head_timeout,
+            ip_limits: state.ip_limits.clone(),
+            cap_by_peer: !state.config.trust_forwarded_for,
+            metrics: state.metrics.node().clone(),
+        };
         let http = vec![
-            tokio::spawn(warp::serve(public).incoming(listener).graceful(async move { stop.cancelled().await }).run()),
+            tokio::spawn(crate::http::serve(listener, public, settings, state.shutdown.clone())),
             tokio::spawn(serve_metrics(state.clone(), metrics_listener)),
         ];
         tracing::info!(%addr, %metrics_addr, node = %state.config.node_id, adapter = state.adapter.kind(), "herald listening");

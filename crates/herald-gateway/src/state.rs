@@ -34,6 +34,8 @@ pub struct State {
     pub cleanup: CleanupPool,
     /// Webhook delivery tasks and their stop signal.
     pub webhooks: webhooks::Runtime,
+    /// Open connections per client IP (`max_connections_per_ip`).
+    pub ip_limits: Arc<crate::http::IpLimits>,
 }
 
 impl State {
@@ -55,6 +57,7 @@ impl State {
         };
         let cleanup_metrics = CleanupMetrics::from_node(metrics.node());
         let drain = Drain::new(config.effective_drain_window());
+        let ip_limits = crate::http::IpLimits::new(config.max_connections_per_ip);
         Arc::new_cyclic(|state: &Weak<State>| Self {
             cleanup: CleanupPool::start(
                 cleanup_config,
@@ -70,6 +73,7 @@ impl State {
             drain,
             tracker: TaskTracker::new(),
             webhooks,
+            ip_limits,
         })
     }
 

@@ -38,10 +38,11 @@ pub enum Rejection {
     PresenceLimit,
     SlowConsumer,
     BadRequest,
+    FrameRateLimited,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::UnknownApp,
         Rejection::AppDisabled,
         Rejection::OverConnectionQuota,
@@ -55,6 +56,7 @@ impl Rejection {
         Rejection::PresenceLimit,
         Rejection::SlowConsumer,
         Rejection::BadRequest,
+        Rejection::FrameRateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Rejection {
             Rejection::PresenceLimit => "presence_limit",
             Rejection::SlowConsumer => "slow_consumer",
             Rejection::BadRequest => "bad_request",
+            Rejection::FrameRateLimited => "frame_rate_limited",
         }
     }
 }
@@ -357,6 +360,10 @@ pub struct NodeMetrics {
     pub fabric_resyncs: Counter,
     pub cluster_nodes: Gauge,
     pub unknown_app_rejections: Counter,
+    /// HTTP connections refused because their source IP is at its cap.
+    pub ip_limit_rejections: Counter,
+    /// HTTP connections closed because a request head or body came too slowly.
+    pub http_timeout_rejections: Counter,
 }
 
 impl NodeMetrics {
@@ -374,6 +381,8 @@ impl NodeMetrics {
             fabric_resyncs: counter(r, FABRIC_RESYNCS_TOTAL, &[]),
             cluster_nodes: gauge(r, CLUSTER_NODES, &[]),
             unknown_app_rejections: counter(r, REJECTIONS_TOTAL, &[("app_id", ""), ("reason", "unknown_app")]),
+            ip_limit_rejections: counter(r, REJECTIONS_TOTAL, &[("app_id", ""), ("reason", "ip_connection_limit")]),
+            http_timeout_rejections: counter(r, REJECTIONS_TOTAL, &[("app_id", ""), ("reason", "http_timeout")]),
         }
     }
 }

@@ -26,6 +26,9 @@ impl ErrorCode {
     pub const UNAUTHORIZED: Self = Self(4009);
     /// Over capacity: also used for a client too slow to read its frames.
     pub const OVER_CAPACITY: Self = Self(4100);
+    /// Closed for sending frames faster than allowed (still in the back-off
+    /// range, so pusher-js waits before reconnecting).
+    pub const FRAME_RATE_EXCEEDED: Self = Self(4101);
     /// Generic reconnect (used when the server drains for shutdown).
     pub const RECONNECT: Self = Self(4200);
     /// Pong reply not received.
@@ -59,6 +62,7 @@ mod tests {
         assert!(ErrorCode::APP_NOT_FOUND.is_refusal());
         assert!(ErrorCode::UNAUTHORIZED.is_refusal());
         assert!(!ErrorCode::OVER_CAPACITY.is_refusal());
+        assert!((4100..4200).contains(&ErrorCode::FRAME_RATE_EXCEEDED.as_u16()));
         assert!(!ErrorCode::RECONNECT.is_refusal());
         assert_eq!(ErrorCode::PONG_NOT_RECEIVED.as_u16(), 4201);
     }

@@ -49,13 +49,23 @@ pub fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Inf
 /// `/apps/...`: every REST endpoint.
 pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
     let limit = state.config.max_request_bytes;
+    let body_timeout = state.config.http_body_timeout;
     warp::path("apps").and(warp::path::full()).and(warp::method()).and(raw_query()).and(warp::body::stream()).then(
         move |path: FullPath, method: Method, query: String, body| {
             let state = state.clone();
             async move {
-                match read_limited(body, limit).await {
-                    Some(body) => handle(&state, &method, path.as_str(), &query, &body).await,
-                    None => json_reply(
+                match tokio::time::timeout(body_timeout, read_limited(body, limit)).await {
+                    Ok(Some(body)) => handle(&state, &method, path.as_str(), &query, &body).await,
+                    Err(_) => {
+                        state.metrics.node().http_timeout_rejections.increment(1);
+                        let mut reply = json_reply(
+                            StatusCode::REQUEST_TIMEOUT,
+                            &json!({"error": "request body not received in time"}),
+                        );
+                        reply.headers_mut().insert("connection", warp::http::HeaderValue::from_static("close"));
+                        reply
+                    }
+                    Ok(None) => json_reply(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &json!({"error": format!("request body is larger than {limit} bytes")}),
                     ),

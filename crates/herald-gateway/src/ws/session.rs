@@ -1,6 +1,6 @@
 //! One client connection: the reader loop that understands the client's
 //! frames, and the bookkeeping around it (keep-alive, sign-in deadline,
-//! client-event rate limit, departure).
+//! frame and client-event rate limits, departure).
 //!
 //! The reader never writes to the socket itself: every reply is queued on
 //! the connection's bounded outbox, drained by the writer task.
@@ -64,7 +64,8 @@ where
         app: app.clone(),
         conn: conn.clone(),
         presence_users: HashMap::new(),
-        rate: RateLimiter::new(app.config.client_event_rate),
+        rate: RateLimiter::new(app.config.client_event_rate, app.config.client_event_rate),
+        frames: FrameLimiter::for_app(&state.config, &app.config),
     };
     session.read(stream).await;
 
@@ -82,6 +83,7 @@ struct Session {
     /// Presence channels joined: channel → the user id joined as.
     presence_users: HashMap<String, Arc<str>>,
     rate: RateLimiter,
+    frames: FrameLimiter,
 }
 
 impl Session {
@@ -115,6 +117,9 @@ impl Session {
                 frame = stream.next() => {
                     last_seen = Instant::now();
                     ping_sent = false;
+                    if matches!(frame, Some(Ok(ref m)) if !m.is_close()) && !self.frame_allowed() {
+                        continue;
+                    }
                     match frame {
                         Some(Ok(Message::Text(text))) => {
                             self.app.metrics.ws_messages_received.increment(1);
@@ -147,6 +152,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Spends one frame of the connection's budget; over it, answers 4301
+    /// and, once the client keeps going, closes with 4101 (back off).
+    fn frame_allowed(&mut self) -> bool {
+        let verdict = self.frames.check();
+        if verdict == Verdict::Allow {
+            return true;
+        }
+        self.app.metrics.rejected(Rejection::FrameRateLimited);
+        if verdict == Verdict::Close {
+            self.error(ErrorCode::CLIENT_EVENT_REJECTED, "frame rate limit exceeded, closing");
+            self.conn.close(ErrorCode::FRAME_RATE_EXCEEDED);
+        } else {
+            self.error(ErrorCode::CLIENT_EVENT_REJECTED, "frame rate limit exceeded, frame dropped");
+        }
+        false
     }
 
     /// Queues a frame for this client (counted as sent).
@@ -344,23 +366,24 @@ impl Session {
     }
 }
 
-/// A token bucket: `rate` events per second, bursts of up to `rate`.
+/// A token bucket: `rate` events per second, bursts of up to `burst`.
 struct RateLimiter {
     rate: f64,
+    burst: f64,
     tokens: f64,
     refilled: Instant,
 }
 
 impl RateLimiter {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
-        Self { rate, tokens: rate, refilled: Instant::now() }
+    fn new(rate: u32, burst: u32) -> Self {
+        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
+        Self { rate, burst, tokens: burst, refilled: Instant::now() }
     }
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -371,17 +394,101 @@ impl RateLimiter {
     }
 }
 
+/// What to do with one client frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    /// Drop it and answer 4301.
+    Refuse,
+    /// The client kept going over the limit: close the connection.
+    Close,
+}
+
+/// The budget every client frame (subscribe, unsubscribe, ping, client
+/// event, anything) is charged to. Over-limit frames are strikes; a strike
+/// count reaching `strikes` closes the connection (4101). Strikes are forgiven only
+/// once the client is back under its rate (a token left over after an
+/// allowed frame), so riding just above the rate still ends in a close.
+struct FrameLimiter {
+    bucket: RateLimiter,
+    strikes: u32,
+    max_strikes: u32,
+}
+
+impl FrameLimiter {
+    /// The node's defaults, overridden by the app's own settings.
+    fn for_app(node: &crate::config::Config, app: &crate::config::AppConfig) -> Self {
+        let rate = app.client_frame_rate.unwrap_or(node.client_frame_rate);
+        let burst = app.client_frame_burst.unwrap_or(node.client_frame_burst);
+        let strikes = app.client_frame_strikes.unwrap_or(node.client_frame_strikes);
+        Self { bucket: RateLimiter::new(rate, burst), strikes: 0, max_strikes: strikes.max(1) }
+    }
+
+    fn check(&mut self) -> Verdict {
+        if self.bucket.allow() {
+            if self.bucket.tokens >= 1.0 {
+                self.strikes = 0;
+            }
+            return Verdict::Allow;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.max_strikes {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_allows_the_rate_then_refills() {
-        let mut r = RateLimiter::new(10);
+        let mut r = RateLimiter::new(10, 10);
         assert!((0..10).all(|_| r.allow()));
         assert!(!r.allow());
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(r.allow());
         assert!(!r.allow());
+    }
+
+    fn limiter(rate: u32, burst: u32, strikes: u32) -> FrameLimiter {
+        FrameLimiter { bucket: RateLimiter::new(rate, burst), strikes: 0, max_strikes: strikes }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frame_limiter_refuses_then_closes_a_flood() {
+        let mut f = limiter(10, 100, 3);
+        assert!((0..100).all(|_| f.check() == Verdict::Allow));
+        assert_eq!(f.check(), Verdict::Refuse);
+        assert_eq!(f.check(), Verdict::Refuse);
+        assert_eq!(f.check(), Verdict::Close);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frame_limiter_forgives_a_client_back_under_its_rate() {
+        let mut f = limiter(10, 20, 3);
+        assert!((0..20).all(|_| f.check() == Verdict::Allow));
+        assert_eq!(f.check(), Verdict::Refuse);
+        assert_eq!(f.check(), Verdict::Refuse);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(f.check(), Verdict::Allow);
+        assert_eq!(f.strikes, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frame_limiter_closes_a_client_riding_just_over_its_rate() {
+        let mut f = limiter(10, 10, 3);
+        assert!((0..10).all(|_| f.check() == Verdict::Allow));
+        let mut verdicts = Vec::new();
+        // Two frames every tenth of a second: twice the rate.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            verdicts.push(f.check());
+            verdicts.push(f.check());
+        }
+        assert!(verdicts.contains(&Verdict::Close), "{verdicts:?}");
     }
 }

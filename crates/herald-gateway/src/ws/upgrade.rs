@@ -21,6 +21,7 @@ use warp::Filter;
 
 use super::session;
 use crate::apps::App;
+use crate::http::{forwarded_for, AtCap, PeerAddr};
 use crate::state::State;
 
 /// Lowest protocol version served.
@@ -35,9 +36,16 @@ pub fn route(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = warp:
         .and(warp::header::headers_cloned())
         .and(crate::rest::raw_query())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(move |key: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
-            upgrade(state.clone(), key, &headers, &query, on_upgrade)
-        })
+        .and(warp::ext::optional::<PeerAddr>())
+        .map(
+            move |key: String,
+                  headers: HeaderMap,
+                  query: String,
+                  on_upgrade: Option<OnUpgrade>,
+                  peer: Option<PeerAddr>| {
+                upgrade(state.clone(), key, &headers, &query, on_upgrade, peer)
+            },
+        )
 }
 
 /// Whether a handshaken connection is served or refused.
@@ -46,7 +54,14 @@ pub(super) enum Admission {
     Refuse(ErrorCode),
 }
 
-fn upgrade(state: Arc<State>, key: String, headers: &HeaderMap, query: &str, on_upgrade: Option<OnUpgrade>) -> Reply {
+fn upgrade(
+    state: Arc<State>,
+    key: String,
+    headers: &HeaderMap,
+    query: &str,
+    on_upgrade: Option<OnUpgrade>,
+    peer: Option<PeerAddr>,
+) -> Reply {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let connection_upgrade = header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if !connection_upgrade || !header("upgrade").eq_ignore_ascii_case("websocket") {
@@ -64,17 +79,38 @@ fn upgrade(state: Arc<State>, key: String, headers: &HeaderMap, query: &str, on_
     if state.is_draining() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
+    // Behind a trusted proxy the accept loop cannot tell clients apart:
+    // the per-IP cap is taken here, by the forwarded address.
+    let ip_slot = if state.config.trust_forwarded_for && state.ip_limits.enabled() {
+        let ip = forwarded_for(headers).or(peer.map(|p| p.0.ip()));
+        match ip.map(|ip| state.ip_limits.acquire(ip)) {
+            Some(Err(AtCap)) => {
+                state.metrics.node().ip_limit_rejections.increment(1);
+                return plain(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address");
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
+        }
+    } else {
+        None
+    };
     let admission = admit(&state, &key, query);
     let accept = derive_accept_key(ws_key.as_bytes());
     let config = ws_config(&state);
     let task_state = state.clone();
+    let handshake_timeout = state.config.http_head_timeout;
     state.tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
+        let _ip_slot = ip_slot;
+        match tokio::time::timeout(handshake_timeout, on_upgrade).await {
+            Ok(Ok(upgraded)) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 session::run(task_state, ws, admission).await;
             }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(_) => {
+                task_state.metrics.node().http_timeout_rejections.increment(1);
+                tracing::debug!("websocket handshake not completed in time");
+            }
         }
     });
     Response::builder()

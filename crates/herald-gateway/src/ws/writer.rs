@@ -76,6 +76,7 @@ pub fn close_message(code: ErrorCode) -> &'static str {
         ErrorCode::UNSUPPORTED_PROTOCOL => "Unsupported protocol version",
         ErrorCode::UNAUTHORIZED => "Connection is unauthorized",
         ErrorCode::OVER_CAPACITY => "Connection is too slow: its outbound buffer is full",
+        ErrorCode::FRAME_RATE_EXCEEDED => "Client is sending frames faster than allowed; back off",
         ErrorCode::RECONNECT => "Server is shutting down; please reconnect",
         ErrorCode::PONG_NOT_RECEIVED => "Pong reply not received",
         ErrorCode::INACTIVITY => "Closed after inactivity",
