@@ -169,6 +169,10 @@ settings! {
         => webhook_backoff: Duration = Duration::from_millis, check millis(0);
     /// Webhook events each target may have queued; beyond, dropped and counted.
     webhook_queue: usize = "10000", "HERALD_WEBHOOK_QUEUE" => webhook_queue: usize, check range(1, MAX_QUEUE);
+    /// Cache channels per app whose last event is kept; beyond, the least recently written is forgotten.
+    cache_channels: usize = "10000", "HERALD_CACHE_CHANNELS" => cache_channels: usize, check range(1, MAX_QUEUE);
+    /// Seconds a cache channel's last event stays valid for new subscribers.
+    cache_ttl: u64 = "1800", "HERALD_CACHE_TTL" => cache_ttl: Duration = Duration::from_secs, check seconds(1);
     /// How nodes of a cluster reach each other; `local` is a single node.
     adapter: AdapterKind = "local", "HERALD_ADAPTER" => adapter: AdapterKind;
     /// Redis URL for the `redis` adapter.
