@@ -422,7 +422,7 @@ impl Default for AppConfig {
         Self {
             id: "app-id".into(),
             key: "app-key".into(),
-            secret: "app-secret".into(),
+            secret: DEFAULT_APP_SECRET.into(),
             enabled: true,
             client_events: true,
             max_connections: 0,
@@ -549,6 +549,34 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The built-in default app secret: fine for a local try-out, public knowledge anywhere else.
+pub const DEFAULT_APP_SECRET: &str = "app-secret";
+
+impl Config {
+    /// The apps that keep the built-in default secret although this node
+    /// listens beyond loopback, each with the setting that changes it. Anyone
+    /// who can reach such a node can sign channel auth and call its REST API.
+    pub fn default_secrets_exposed(&self) -> Vec<(&str, String)> {
+        if self.host.is_loopback() {
+            return Vec::new();
+        }
+        let from_env = self.apps.len() == 1 && self.apps[0].id == AppConfig::default().id;
+        self.apps
+            .iter()
+            .enumerate()
+            .filter(|(_, app)| app.secret == DEFAULT_APP_SECRET)
+            .map(|(i, app)| {
+                // The default app comes from the environment or a file's one `[[apps]]`.
+                let setting = match from_env {
+                    true => "HERALD_APP_SECRET (or apps[0].secret in a config file)".to_string(),
+                    false => format!("apps[{i}].secret"),
+                };
+                (app.id.as_str(), setting)
+            })
+            .collect()
     }
 }
 
@@ -914,6 +942,20 @@ mod tests {
         let c = Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", "0"), ("HERALD_WEBHOOK_BACKOFF_MS", "31536000000")]));
         assert_eq!(c.unwrap().webhook_backoff, MAX_DURATION);
         Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", "20")])).unwrap();
+    }
+
+    #[test]
+    fn default_secret_exposed_beyond_loopback() {
+        let on = |host: &str, c: Config| Config { host: host.parse().unwrap(), ..c };
+        assert_eq!(on("0.0.0.0", Config::default()).default_secrets_exposed(), [("app-id", "HERALD_APP_SECRET (or apps[0].secret in a config file)".into())]);
+        assert_eq!(on("10.1.2.3", Config::default()).default_secrets_exposed().len(), 1);
+        for loopback in ["127.0.0.1", "::1"] {
+            assert!(on(loopback, Config::default()).default_secrets_exposed().is_empty(), "{loopback}");
+        }
+        let c = Config::load(&Cli::default(), env(&[("HERALD_APP_SECRET", "real")])).unwrap();
+        assert!(c.default_secrets_exposed().is_empty());
+        let f = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"app-secret\"\n";
+        assert_eq!(load_file(f, &[], &[]).unwrap().default_secrets_exposed(), [("2", "apps[1].secret".into())]);
     }
 
     #[test]
