@@ -523,7 +523,8 @@ impl Config {
             }
             if app.user_authentication_timeout > MAX_DURATION.as_secs() {
                 let max = MAX_DURATION.as_secs();
-                let message = format!("must be at most {max} seconds (1 year), got {}", app.user_authentication_timeout);
+                let message =
+                    format!("must be at most {max} seconds (1 year), got {}", app.user_authentication_timeout);
                 return Err(invalid(key("user_authentication_timeout"), message));
             }
             if app.client_event_rate == 0 && app.client_events {
@@ -921,10 +922,13 @@ mod tests {
         }
         // Every setting that becomes a Duration is in the lists above.
         let listed: HashSet<&str> = seconds.iter().chain(&millis).copied().collect();
-        let durations: HashSet<&str> = FIELD_TYPES.iter().filter(|(_, ty)| *ty == "Duration").map(|(k, _)| *k).collect();
+        let durations: HashSet<&str> =
+            FIELD_TYPES.iter().filter(|(_, ty)| *ty == "Duration").map(|(k, _)| *k).collect();
         assert_eq!(durations, listed);
 
-        let app = |timeout: u64| format!("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nuser_authentication_timeout = {timeout}\n");
+        let app = |timeout: u64| {
+            format!("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nuser_authentication_timeout = {timeout}\n")
+        };
         for timeout in [i64::MAX as u64, year + 1] {
             let err = load_file(&app(timeout), &[], &[]).unwrap_err();
             assert!(
@@ -939,7 +943,10 @@ mod tests {
             let err = Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", retries)])).unwrap_err();
             assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "webhook_backoff_ms"), "{err}");
         }
-        let c = Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", "0"), ("HERALD_WEBHOOK_BACKOFF_MS", "31536000000")]));
+        let c = Config::load(
+            &Cli::default(),
+            env(&[("HERALD_WEBHOOK_RETRIES", "0"), ("HERALD_WEBHOOK_BACKOFF_MS", "31536000000")]),
+        );
         assert_eq!(c.unwrap().webhook_backoff, MAX_DURATION);
         Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", "20")])).unwrap();
     }
@@ -947,7 +954,10 @@ mod tests {
     #[test]
     fn default_secret_exposed_beyond_loopback() {
         let on = |host: &str, c: Config| Config { host: host.parse().unwrap(), ..c };
-        assert_eq!(on("0.0.0.0", Config::default()).default_secrets_exposed(), [("app-id", "HERALD_APP_SECRET (or apps[0].secret in a config file)".into())]);
+        assert_eq!(
+            on("0.0.0.0", Config::default()).default_secrets_exposed(),
+            [("app-id", "HERALD_APP_SECRET (or apps[0].secret in a config file)".into())]
+        );
         assert_eq!(on("10.1.2.3", Config::default()).default_secrets_exposed().len(), 1);
         for loopback in ["127.0.0.1", "::1"] {
             assert!(on(loopback, Config::default()).default_secrets_exposed().is_empty(), "{loopback}");
@@ -962,9 +972,12 @@ mod tests {
     fn cache_settings() {
         let c = Config::default();
         assert_eq!((c.cache_channels, c.cache_ttl), (10_000, Duration::from_secs(1800)));
-        let c = Config::load(&Cli::default(), env(&[("HERALD_CACHE_CHANNELS", "5"), ("HERALD_CACHE_TTL", "7")])).unwrap();
+        let c =
+            Config::load(&Cli::default(), env(&[("HERALD_CACHE_CHANNELS", "5"), ("HERALD_CACHE_TTL", "7")])).unwrap();
         assert_eq!((c.cache_channels, c.cache_ttl), (5, Duration::from_secs(7)));
-        for (var, value, key) in [("HERALD_CACHE_CHANNELS", "0", "cache_channels"), ("HERALD_CACHE_TTL", "0", "cache_ttl")] {
+        for (var, value, key) in
+            [("HERALD_CACHE_CHANNELS", "0", "cache_channels"), ("HERALD_CACHE_TTL", "0", "cache_ttl")]
+        {
             let err = Config::load(&Cli::default(), env(&[(var, value)])).unwrap_err();
             assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if k == key), "{err}");
         }

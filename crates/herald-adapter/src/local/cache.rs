@@ -170,8 +170,13 @@ mod tests {
     #[test]
     fn namespace_uses_its_settings() {
         use herald_metrics::Metrics;
-        let ns = Namespace::new("app", Metrics::new("test").app("app"), Arc::new(crate::NoLifecycle), Arc::new(crate::SingleNode))
-            .with_cache(CacheSettings { max_channels: 2, ttl: Duration::from_secs(60) });
+        let ns = Namespace::new(
+            "app",
+            Metrics::new("test").app("app"),
+            Arc::new(crate::NoLifecycle),
+            Arc::new(crate::SingleNode),
+        )
+        .with_cache(CacheSettings { max_channels: 2, ttl: Duration::from_secs(60) });
         for name in ["a", "b", "c"] {
             ns.set_cached(name, Frame::Text(name.into()));
         }
