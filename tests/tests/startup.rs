@@ -88,7 +88,9 @@ fn text_logs_on_a_pipe_have_no_colour_codes() {
 
 #[test]
 fn huge_durations_exit_2_naming_the_key() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// Flags, environment, the key the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--activity-timeout", "18446744073709551615"], &[], "activity_timeout"),
         (&["--webhook-backoff-ms", "18446744073709551615"], &[], "webhook_backoff_ms"),
         (&[], &[("HERALD_NODE_TIMEOUT_MS", "18446744073709551615")], "node_timeout_ms"),

@@ -1,7 +1,6 @@
 //! User sign-in, the watchlist, sending to a user, terminating a user's
 //! connections, and the sign-in deadline.
 
-
 use herald_e2e::{data, Closed, TestServer};
 use serde_json::json;
 
