@@ -208,6 +208,35 @@ async fn cache_channels_replay_the_last_event_or_report_a_miss() {
 }
 
 #[tokio::test]
+async fn cache_store_is_bounded_and_expires_as_configured() {
+    let server = TestServer::with(|c| {
+        c.cache_channels = 2;
+        c.cache_ttl = Duration::from_secs(1);
+    })
+    .await;
+    for name in ["cache-a", "cache-b", "cache-c"] {
+        assert_eq!(server.rest().trigger(&[name], "e", name).await.0, 200);
+    }
+    let mut client = server.connect().await;
+    // cache-a, written longest ago, made room for cache-c.
+    client.subscribe("cache-a").await;
+    assert_eq!(client.recv().await["event"], "pusher:cache_miss");
+    client.subscribe("cache-c").await;
+    assert_eq!(client.recv().await, json!({"event": "e", "channel": "cache-c", "data": "cache-c"}));
+    // After cache_ttl the last event is no longer replayed (polled, generous deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "cache-c"}})).await;
+        client.subscribe("cache-c").await;
+        if client.recv().await["event"] == "pusher:cache_miss" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cache-c still replayed long after its TTL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn disconnect_leaves_nothing_behind() {
     let server = TestServer::start().await;
     let mut watcher = server.connect().await;
