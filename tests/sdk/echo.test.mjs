@@ -8,17 +8,22 @@ import { startHerald, serverSdk, client, connected } from './herald.mjs';
 let herald;
 let sdk;
 let echo;
+let other;
 
 before(async () => {
   herald = await startHerald();
   sdk = serverSdk(herald.port);
   const pusher = client(herald.port, { presence: { user_id: 'echo-user', user_info: { name: 'Echo' } } });
   echo = new Echo({ broadcaster: 'pusher', key: 'sdk-key', client: pusher });
-  await connected(pusher);
+  // A second browser, to receive whispers.
+  const otherPusher = client(herald.port);
+  other = new Echo({ broadcaster: 'pusher', key: 'sdk-key', client: otherPusher });
+  await Promise.all([connected(pusher), connected(otherPusher)]);
 });
 
 after(async () => {
   echo.disconnect();
+  other.disconnect();
   await herald.stop();
 });
 
@@ -47,14 +52,27 @@ test('Echo private channel with a dotted event name and a whisper', async () => 
   const got = new Promise((resolve) => channel.listen('.message.sent', resolve));
   await sdk.trigger('private-chat.1', 'message.sent', { text: 'hi' });
   assert.deepEqual(await got, { text: 'hi' });
-  // A whisper is a client event: it must not come back to its sender.
-  let echoed = false;
-  channel.listenForWhisper('typing', () => {
-    echoed = true;
+  // A whisper is a client event: it reaches the channel's other subscribers
+  // and does not come back to its sender.
+  const otherChannel = other.private('chat.1');
+  await subscribed(otherChannel);
+  const whispered = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the whisper never reached the other subscriber')), 5000);
+    otherChannel.listenForWhisper('typing', (data) => {
+      clearTimeout(timer);
+      resolve(data);
+    });
   });
+  const echoed = [];
+  channel.listenForWhisper('typing', (data) => echoed.push(data));
   channel.whisper('typing', { who: 'me' });
-  await new Promise((r) => setTimeout(r, 200));
-  assert.equal(echoed, false);
+  assert.deepEqual(await whispered, { who: 'me' });
+  // The whisper was relayed before `other` got it, so an echo to the sender
+  // would be queued ahead of this marker (one connection's frames keep order).
+  const marker = new Promise((resolve) => channel.listen('.marker', resolve));
+  await sdk.trigger('private-chat.1', 'marker', { after: 'whisper' });
+  assert.deepEqual(await marker, { after: 'whisper' });
+  assert.deepEqual(echoed, [], 'the whisper came back to its sender');
 });
 
 test('Echo presence channel: here() lists the members', async () => {

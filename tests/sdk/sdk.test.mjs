@@ -148,7 +148,10 @@ test('socket_id exclusion through the server SDK', async () => {
   const bGot = once(cb, 'ping');
   await sdk.trigger('exclusive', 'ping', {}, { socket_id: a.connection.socket_id });
   await bGot;
-  await new Promise((r) => setTimeout(r, 200));
+  // A later event for everyone reaches A after the excluded one would have.
+  const marker = once(ca, 'marker');
+  await sdk.trigger('exclusive', 'marker', {});
+  await marker;
   assert.equal(aGot, false);
 });
 
@@ -189,6 +192,9 @@ test('wrong secret is refused with 401 and nothing is delivered', async () => {
   const bad = serverSdk(herald.port);
   bad.config.token.secret = 'wrong';
   await assert.rejects(bad.trigger('guarded', 'x', {}), (e) => e.status === 401);
-  await new Promise((r) => setTimeout(r, 200));
+  // A properly signed event after it arrives; the refused one never did.
+  const marker = once(ch, 'marker');
+  await sdk.trigger('guarded', 'marker', {});
+  await marker;
   assert.equal(got, false);
 });

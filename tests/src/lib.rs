@@ -406,18 +406,18 @@ pub struct HeraldProcess {
 }
 
 impl HeraldProcess {
-    /// Starts `target/<profile>/herald` (building it if needed) on free ports.
+    /// Starts `target/<profile>/herald` (building it if needed) on free
+    /// loopback ports.
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", extra_env)
+    }
+
+    /// Starts it listening on `host` (e.g. `0.0.0.0`); `addr` is still a
+    /// loopback address to connect to.
+    pub fn start_on(host: &str, extra_env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
-        let bin = dir.join("herald");
-        if !bin.exists() {
-            let status = std::process::Command::new(env!("CARGO")).args(["build", "--bin", "herald"]).status().unwrap();
-            assert!(status.success(), "cargo build --bin herald failed");
-        }
-        let mut child = std::process::Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--log-format", "json"])
+        let mut child = std::process::Command::new(herald_bin())
+            .args(["--host", host, "--port", "0", "--metrics-port", "0", "--log-format", "json"])
             .env("HERALD_NODE_ID", "proc")
             .envs(extra_env.iter().copied())
             .stdout(std::process::Stdio::piped())
@@ -431,7 +431,7 @@ impl HeraldProcess {
             logs.lock().unwrap().push(line.clone());
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if let (Some(a), Some(m)) = (v["addr"].as_str(), v["metrics_addr"].as_str()) {
-                    break (a.parse().unwrap(), m.parse().unwrap());
+                    break (loopback(a.parse().unwrap()), loopback(m.parse().unwrap()));
                 }
             }
         };
@@ -563,6 +563,35 @@ impl HeraldProcess {
 
     pub async fn metrics(&self) -> String {
         scrape(self.metrics_addr).await
+    }
+}
+
+/// `target/<profile>/herald`, brought up to date once per test process
+/// (cargo builds no binary of another package for this one's tests, so a
+/// stale one would test old code).
+pub fn herald_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args(["build", "-p", "herald-gateway", "--bin", "herald"]);
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "cargo build --bin herald failed");
+            dir.join("herald")
+        })
+        .clone()
+}
+
+/// A listening address to connect to: the unspecified address becomes loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip().is_unspecified() {
+        true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()),
+        false => addr,
     }
 }
 

@@ -71,7 +71,9 @@ async fn subscribing_twice_is_harmless() {
     assert_eq!(info["subscription_count"], 1);
     server.rest().trigger(&["twice"], "once", "{}").await;
     assert_eq!(client.recv().await["event"], "once");
-    client.expect_silence(Duration::from_millis(200)).await;
+    // A second copy would have been queued with the first, ahead of this.
+    server.rest().trigger(&["twice"], "marker", "{}").await;
+    assert_eq!(client.recv().await["event"], "marker", "delivered twice");
 }
 
 #[tokio::test]
@@ -100,10 +102,12 @@ async fn presence_tracks_members_per_user() {
     assert_eq!(added["event"], "pusher_internal:member_added");
     assert_eq!(data(&added), json!({"user_id": "bob", "user_info": {"name": "Bob"}}));
 
-    // Bob's second socket: no second member_added.
+    // Bob's second socket: no second member_added. Its subscription has
+    // succeeded, so a member_added would already be queued to Alice, ahead
+    // of the marker event triggered now (one connection's frames keep order).
     let mut bob2 = server.connect().await;
     bob2.subscribe_presence("presence-room", "bob", json!({"name": "Bob"})).await;
-    alice.expect_silence(Duration::from_millis(200)).await;
+    expect_next_is_marker(&server, &mut alice, "after-second-socket").await;
 
     let (_, users) = server.rest().get("/channels/presence-room/users", &[]).await;
     let mut ids: Vec<String> =
@@ -113,13 +117,40 @@ async fn presence_tracks_members_per_user() {
     let (_, info) = server.rest().get("/channels/presence-room", &[("info", "user_count,subscription_count")]).await;
     assert_eq!(info, json!({"occupied": true, "user_count": 2, "subscription_count": 3}));
 
-    // Bob leaves from one socket: still a member. From the last: removed.
+    // Bob leaves from one socket: still a member. Once the server has
+    // removed that socket (the subscription count says so), a wrong
+    // member_removed would be queued to Alice ahead of the marker.
     drop(bob);
-    alice.expect_silence(Duration::from_millis(300)).await;
+    wait_for_subscriptions(&server, "presence-room", 2).await;
+    expect_next_is_marker(&server, &mut alice, "after-one-socket-left").await;
+    // From the last socket: removed, exactly once.
     bob2.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})).await;
     let removed = alice.recv().await;
     assert_eq!(removed["event"], "pusher_internal:member_removed");
     assert_eq!(data(&removed), json!({"user_id": "bob"}));
+    expect_next_is_marker(&server, &mut alice, "after-last-socket-left").await;
+}
+
+/// Triggers `marker` on presence-room and asserts it is the next frame
+/// `client` gets: nothing else was queued to it before.
+async fn expect_next_is_marker(server: &TestServer, client: &mut herald_e2e::Client, marker: &str) {
+    let (status, _) = server.rest().trigger(&["presence-room"], marker, "{}").await;
+    assert_eq!(status, 200);
+    let next = client.recv().await;
+    assert_eq!(next["event"], marker, "expected only the marker, got {next}");
+}
+
+/// Polls the channel's subscription count (generous deadline) until it is `count`.
+async fn wait_for_subscriptions(server: &TestServer, channel: &str, count: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, info) = server.rest().get(&format!("/channels/{channel}"), &[("info", "subscription_count")]).await;
+        if info["subscription_count"] == count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{channel} never reached {count} subscriptions: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -174,6 +205,35 @@ async fn cache_channels_replay_the_last_event_or_report_a_miss() {
     let mut private = server.connect().await;
     private.subscribe("private-cache-p").await;
     assert_eq!(private.recv().await["event"], "pusher:cache_miss");
+}
+
+#[tokio::test]
+async fn cache_store_is_bounded_and_expires_as_configured() {
+    let server = TestServer::with(|c| {
+        c.cache_channels = 2;
+        c.cache_ttl = Duration::from_secs(1);
+    })
+    .await;
+    for name in ["cache-a", "cache-b", "cache-c"] {
+        assert_eq!(server.rest().trigger(&[name], "e", name).await.0, 200);
+    }
+    let mut client = server.connect().await;
+    // cache-a, written longest ago, made room for cache-c.
+    client.subscribe("cache-a").await;
+    assert_eq!(client.recv().await["event"], "pusher:cache_miss");
+    client.subscribe("cache-c").await;
+    assert_eq!(client.recv().await, json!({"event": "e", "channel": "cache-c", "data": "cache-c"}));
+    // After cache_ttl the last event is no longer replayed (polled, generous deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "cache-c"}})).await;
+        client.subscribe("cache-c").await;
+        if client.recv().await["event"] == "pusher:cache_miss" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cache-c still replayed long after its TTL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

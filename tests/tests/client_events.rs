@@ -1,6 +1,6 @@
 //! Client events: where they are allowed, who receives them, and limits.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use herald_e2e::TestServer;
 use serde_json::json;
@@ -14,7 +14,10 @@ async fn delivered_to_others_never_echoed() {
     b.subscribe("private-chat").await;
     a.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "a"}})).await;
     assert_eq!(b.recv().await, json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "a"}}));
-    a.expect_silence(Duration::from_millis(200)).await;
+    // An echo would be queued to `a` while its event was relayed, ahead of
+    // the pong to the ping it sends next (one connection's frames keep order).
+    a.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(a.recv().await["event"], "pusher:pong");
 }
 
 #[tokio::test]
@@ -62,23 +65,45 @@ async fn disabled_for_the_app() {
 
 #[tokio::test]
 async fn rate_limited_per_connection() {
-    let server = TestServer::with(|c| c.apps[0].client_event_rate = 5).await;
+    const RATE: u32 = 5;
+    const SENT: usize = 30;
+    let server = TestServer::with(|c| c.apps[0].client_event_rate = RATE).await;
     let mut a = server.connect().await;
     let mut b = server.connect().await;
     a.subscribe("private-r").await;
     b.subscribe("private-r").await;
-    for i in 0..8 {
+    let started = Instant::now();
+    for i in 0..SENT {
         a.send(json!({"event": "client-n", "channel": "private-r", "data": {"i": i}})).await;
     }
+    // The pong comes after the server has handled every event before the ping.
+    a.send(json!({"event": "pusher:ping", "data": {}})).await;
     let mut errors = 0;
-    for _ in 0..3 {
-        let error = a.recv().await;
-        assert_eq!(error["data"]["code"], 4301);
+    loop {
+        let frame = a.recv().await;
+        if frame["event"] == "pusher:pong" {
+            break;
+        }
+        assert_eq!(frame["data"]["code"], 4301, "{frame}");
         errors += 1;
     }
-    assert_eq!(errors, 3);
-    for i in 0..5 {
-        assert_eq!(b.recv().await["data"]["i"], i);
+    let elapsed = started.elapsed().as_secs_f64();
+    // Every relayed event reached `b` before this marker.
+    server.rest().trigger(&["private-r"], "marker", "{}").await;
+    let mut delivered = Vec::new();
+    loop {
+        let frame = b.recv().await;
+        if frame["event"] == "marker" {
+            break;
+        }
+        assert_eq!(frame["event"], "client-n", "{frame}");
+        delivered.push(frame["data"]["i"].as_u64().unwrap());
     }
-    b.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(errors + delivered.len(), SENT, "each event is relayed or refused");
+    // A full bucket lets a burst of RATE through, then RATE per second.
+    assert!(delivered.len() >= RATE as usize, "a burst of {RATE} is allowed: {delivered:?}");
+    assert_eq!(delivered[..RATE as usize], [0, 1, 2, 3, 4], "the burst");
+    let allowed = RATE as usize + (elapsed * f64::from(RATE)).ceil() as usize;
+    assert!(delivered.len() <= allowed, "{} relayed in {elapsed:.2}s, at most {allowed} allowed", delivered.len());
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "in order: {delivered:?}");
 }

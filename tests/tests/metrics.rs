@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use herald_e2e::{metric_value, TestServer};
-use herald_protocol::message::{self, EventData};
 use serde_json::json;
 
 const APP: (&str, &str) = ("app_id", "app-id");
@@ -48,7 +47,9 @@ async fn one_broadcast_to_100_subscribers_counts_100_messages_and_bytes() {
     let (status, _) = server.rest().trigger(&["metered"], "tick", r#"{"n":1}"#).await;
     assert_eq!(status, 200);
     let after = server.metrics().await;
-    let frame_len = message::event("tick", Some("metered"), EventData::Text(r#"{"n":1}"#), None).len();
+    // The frame each subscriber gets, byte for byte.
+    let frame = r#"{"event":"tick","channel":"metered","data":"{\"n\":1}"}"#;
+    let frame_len = frame.len();
     assert_eq!(sent(&after) - sent(&before), 100.0);
     assert_eq!(bytes(&after) - bytes(&before), 100.0 * frame_len as f64);
     assert_eq!(metric_value(&after, "herald_events_triggered_total", &[APP]), Some(1.0));
@@ -58,8 +59,9 @@ async fn one_broadcast_to_100_subscribers_counts_100_messages_and_bytes() {
         Some(1.0)
     );
     assert_eq!(metric_value(&after, "herald_broadcast_fanout_seconds_count", &[APP]), Some(1.0));
+    let expected: serde_json::Value = serde_json::from_str(frame).unwrap();
     for c in &mut clients {
-        assert_eq!(c.recv().await["event"], "tick");
+        assert_eq!(c.recv().await, expected);
     }
 }
 

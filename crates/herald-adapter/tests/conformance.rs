@@ -150,8 +150,12 @@ async fn start_nodes(fabric: Fabric, n: usize) -> Nodes {
     };
     if fabric == Fabric::Local {
         let facts = Arc::new(Facts::default());
-        let spec =
-            NamespaceSpec { app_id: APP.into(), metrics: Metrics::new("local").app(APP), lifecycle: facts.clone() };
+        let spec = NamespaceSpec {
+            app_id: APP.into(),
+            metrics: Metrics::new("local").app(APP),
+            lifecycle: facts.clone(),
+            cache: Default::default(),
+        };
         let local: Arc<dyn Adapter> = Arc::new(LocalAdapter::new([spec]));
         nodes.adapters = vec![local; n];
         nodes.facts = vec![facts; n];
@@ -199,7 +203,12 @@ impl Nodes {
     fn start_cluster_node(&self, name: &str) -> (Arc<ClusterAdapter>, Arc<Facts>) {
         let metrics = Metrics::new(name);
         let facts = Arc::new(Facts::default());
-        let spec = NamespaceSpec { app_id: APP.into(), metrics: metrics.app(APP), lifecycle: facts.clone() };
+        let spec = NamespaceSpec {
+            app_id: APP.into(),
+            metrics: metrics.app(APP),
+            lifecycle: facts.clone(),
+            cache: Default::default(),
+        };
         let config = |partitions| ClusterConfig {
             node_name: name.into(),
             prefix: self.prefix.clone(),

@@ -256,8 +256,12 @@ mod tests {
 
     async fn run(config: CleanupConfig, n: u64) -> (Arc<LocalAdapter>, Arc<Count>, Metrics) {
         let metrics = Metrics::new("test");
-        let spec =
-            NamespaceSpec { app_id: "app".into(), metrics: metrics.app("app"), lifecycle: Arc::new(NoLifecycle) };
+        let spec = NamespaceSpec {
+            app_id: "app".into(),
+            metrics: metrics.app("app"),
+            lifecycle: Arc::new(NoLifecycle),
+            cache: Default::default(),
+        };
         let adapter = Arc::new(LocalAdapter::new([spec]));
         let count = Arc::new(Count::default());
         let pool =

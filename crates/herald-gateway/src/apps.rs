@@ -44,6 +44,8 @@ impl Apps {
                 app_id: config.id.clone(),
                 metrics: metrics.clone(),
                 lifecycle: webhooks.clone(),
+                // Bounded by the node's settings in `cluster::build_adapter`.
+                cache: Default::default(),
             });
             let app = Arc::new(App { id: config.id.as_str().into(), config: config.clone(), metrics, webhooks });
             by_key.insert(config.key.clone(), app.clone());

@@ -10,13 +10,18 @@ use herald_adapter::fabric::Transport;
 use herald_adapter::nats::{NatsConfig, NatsTransport};
 use herald_adapter::redis::{RedisConfig, RedisTransport};
 use herald_adapter::redis_cluster::{RedisClusterConfig, RedisClusterTransport, PARTITIONS};
-use herald_adapter::{Adapter, ClusterAdapter, ClusterConfig, LocalAdapter, NamespaceSpec};
+use herald_adapter::{Adapter, CacheSettings, ClusterAdapter, ClusterConfig, LocalAdapter, NamespaceSpec};
 use herald_metrics::Metrics;
 
 use crate::config::{AdapterKind, Config};
 
 /// The adapter for `config`, its namespaces built from `specs`.
-pub fn build_adapter(config: &Config, specs: Vec<NamespaceSpec>, metrics: &Metrics) -> Arc<dyn Adapter> {
+/// Every app's cache-channel store is bounded as `config` says.
+pub fn build_adapter(config: &Config, mut specs: Vec<NamespaceSpec>, metrics: &Metrics) -> Arc<dyn Adapter> {
+    let cache = CacheSettings { max_channels: config.cache_channels, ttl: config.cache_ttl };
+    for spec in &mut specs {
+        spec.cache = cache;
+    }
     let cluster = |partitions: u16| ClusterConfig {
         node_name: config.node_id.clone(),
         prefix: config.adapter_prefix.clone(),

@@ -99,6 +99,10 @@ macro_rules! settings {
         #[cfg(test)]
         const SETTINGS: &[(&str, &str, &str)] = &[$((stringify!($key), $env, first!($($shown)? $default))),*];
 
+        /// Every node setting's file key and `Config` field type.
+        #[cfg(test)]
+        const FIELD_TYPES: &[(&str, &str)] = &[$((stringify!($key), stringify!($ty))),*];
+
         impl Config {
             fn resolve(cli: &Cli, env: &dyn Fn(&str) -> Option<String>, file: FileConfig) -> Result<Self, ConfigError> {
                 Ok(Self {
@@ -173,6 +177,10 @@ settings! {
         => webhook_backoff: Duration = Duration::from_millis, check millis(0);
     /// Webhook events each target may have queued; beyond, dropped and counted.
     webhook_queue: usize = "10000", "HERALD_WEBHOOK_QUEUE" => webhook_queue: usize, check range(1, MAX_QUEUE);
+    /// Cache channels per app whose last event is kept; beyond, the least recently written is forgotten.
+    cache_channels: usize = "10000", "HERALD_CACHE_CHANNELS" => cache_channels: usize, check range(1, MAX_QUEUE);
+    /// Seconds a cache channel's last event stays valid for new subscribers.
+    cache_ttl: u64 = "1800", "HERALD_CACHE_TTL" => cache_ttl: Duration = Duration::from_secs, check seconds(1);
     /// How nodes of a cluster reach each other; `local` is a single node.
     adapter: AdapterKind = "local", "HERALD_ADAPTER" => adapter: AdapterKind;
     /// Redis URL for the `redis` adapter.
@@ -484,7 +492,7 @@ impl Default for AppConfig {
         Self {
             id: "app-id".into(),
             key: "app-key".into(),
-            secret: "app-secret".into(),
+            secret: DEFAULT_APP_SECRET.into(),
             enabled: true,
             client_events: true,
             max_connections: 0,
@@ -564,6 +572,17 @@ impl Config {
                 format!("must be more than twice heartbeat_interval_ms ({heartbeat})"),
             ));
         }
+        // The last webhook retry waits webhook_backoff_ms × 2^(retries − 1).
+        let doublings = 2u32.saturating_pow(self.webhook_retries.saturating_sub(1));
+        if self.webhook_retries > 0 && self.webhook_backoff.checked_mul(doublings).is_none_or(|d| d > MAX_DURATION) {
+            return Err(invalid(
+                "webhook_backoff_ms",
+                format!(
+                    "the last of webhook_retries ({}) waits webhook_backoff_ms × 2^(retries − 1), which must be at most 1 year",
+                    self.webhook_retries
+                ),
+            ));
+        }
         if self.adapter == AdapterKind::RedisCluster && self.redis_cluster_nodes.is_empty() {
             return Err(invalid("redis_cluster_nodes", "must list at least one node with adapter redis-cluster"));
         }
@@ -584,6 +603,12 @@ impl Config {
             }
             if !keys.insert(app.key.as_str()) {
                 return Err(invalid(key("key"), format!("duplicate app key {:?}", app.key)));
+            }
+            if app.user_authentication_timeout > MAX_DURATION.as_secs() {
+                let max = MAX_DURATION.as_secs();
+                let message =
+                    format!("must be at most {max} seconds (1 year), got {}", app.user_authentication_timeout);
+                return Err(invalid(key("user_authentication_timeout"), message));
             }
             if app.client_event_rate == 0 && app.client_events {
                 return Err(invalid(key("client_event_rate"), "must be at least 1 when client_events is on"));
@@ -617,6 +642,34 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The built-in default app secret: fine for a local try-out, public knowledge anywhere else.
+pub const DEFAULT_APP_SECRET: &str = "app-secret";
+
+impl Config {
+    /// The apps that keep the built-in default secret although this node
+    /// listens beyond loopback, each with the setting that changes it. Anyone
+    /// who can reach such a node can sign channel auth and call its REST API.
+    pub fn default_secrets_exposed(&self) -> Vec<(&str, String)> {
+        if self.host.is_loopback() {
+            return Vec::new();
+        }
+        let from_env = self.apps.len() == 1 && self.apps[0].id == AppConfig::default().id;
+        self.apps
+            .iter()
+            .enumerate()
+            .filter(|(_, app)| app.secret == DEFAULT_APP_SECRET)
+            .map(|(i, app)| {
+                // The default app comes from the environment or a file's one `[[apps]]`.
+                let setting = match from_env {
+                    true => "HERALD_APP_SECRET (or apps[0].secret in a config file)".to_string(),
+                    false => format!("apps[{i}].secret"),
+                };
+                (app.id.as_str(), setting)
+            })
+            .collect()
     }
 }
 
@@ -967,6 +1020,105 @@ mod tests {
         assert!(err.to_string().contains("node_timeout_ms"), "{err}");
         let err = Config { heartbeat_interval: Duration::MAX, ..Config::default() }.validate().unwrap_err();
         assert!(err.to_string().contains("heartbeat_interval_ms"), "{err}");
+    }
+
+    /// Every value that becomes a `Duration` (or is added to an `Instant`)
+    /// is refused above one year, by key, before anything starts.
+    #[test]
+    fn huge_durations_are_refused_by_key() {
+        let huge = u64::MAX.to_string();
+        let seconds = ["activity_timeout", "pong_timeout", "shutdown_grace", "cache_ttl"];
+        let millis = [
+            "cleanup_batch_timeout_ms",
+            "webhook_batch_ms",
+            "webhook_timeout_ms",
+            "webhook_backoff_ms",
+            "request_timeout_ms",
+            "heartbeat_interval_ms",
+            "node_timeout_ms",
+        ];
+        let year = MAX_DURATION.as_secs();
+        for (key, over) in seconds.iter().map(|k| (k, year + 1)).chain(millis.iter().map(|k| (k, year * 1000 + 1))) {
+            for value in [huge.clone(), over.to_string()] {
+                let var = format!("HERALD_{}", key.to_uppercase());
+                let flag = format!("--{}={value}", key.replace('_', "-"));
+                let errors = [
+                    Config::load(&Cli::default(), env(&[(&var, &value)])).unwrap_err(),
+                    Config::load(&Cli::try_parse_from(["herald", &flag]).unwrap(), env(&[])).unwrap_err(),
+                ];
+                for err in errors {
+                    assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if k == key), "{key}={value}: {err}");
+                    assert!(err.to_string().contains("1 year"), "{key}={value}: {err}");
+                }
+                // TOML integers are i64: u64::MAX is already a parse error, which quotes the line.
+                match load_file(&format!("{key} = {value}\n"), &[], &[]).unwrap_err() {
+                    ConfigError::Invalid { key: k, message } => assert!(k == *key && message.contains("1 year")),
+                    ConfigError::Parse { message, .. } => assert!(message.contains(key), "{message}"),
+                    err => panic!("{key}={value}: {err}"),
+                }
+            }
+        }
+        // Every setting that becomes a Duration is in the lists above.
+        let listed: HashSet<&str> = seconds.iter().chain(&millis).copied().collect();
+        let durations: HashSet<&str> =
+            FIELD_TYPES.iter().filter(|(_, ty)| *ty == "Duration").map(|(k, _)| *k).collect();
+        assert_eq!(durations, listed);
+
+        let app = |timeout: u64| {
+            format!("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nuser_authentication_timeout = {timeout}\n")
+        };
+        for timeout in [i64::MAX as u64, year + 1] {
+            let err = load_file(&app(timeout), &[], &[]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key, .. } if key == "apps[0].user_authentication_timeout"),
+                "{err}"
+            );
+        }
+        assert_eq!(load_file(&app(year), &[], &[]).unwrap().apps[0].user_authentication_timeout, year);
+
+        // The doubling retry wait stays within a year too.
+        for retries in ["40", "4294967295"] {
+            let err = Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", retries)])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "webhook_backoff_ms"), "{err}");
+        }
+        let c = Config::load(
+            &Cli::default(),
+            env(&[("HERALD_WEBHOOK_RETRIES", "0"), ("HERALD_WEBHOOK_BACKOFF_MS", "31536000000")]),
+        );
+        assert_eq!(c.unwrap().webhook_backoff, MAX_DURATION);
+        Config::load(&Cli::default(), env(&[("HERALD_WEBHOOK_RETRIES", "20")])).unwrap();
+    }
+
+    #[test]
+    fn default_secret_exposed_beyond_loopback() {
+        let on = |host: &str, c: Config| Config { host: host.parse().unwrap(), ..c };
+        assert_eq!(
+            on("0.0.0.0", Config::default()).default_secrets_exposed(),
+            [("app-id", "HERALD_APP_SECRET (or apps[0].secret in a config file)".into())]
+        );
+        assert_eq!(on("10.1.2.3", Config::default()).default_secrets_exposed().len(), 1);
+        for loopback in ["127.0.0.1", "::1"] {
+            assert!(on(loopback, Config::default()).default_secrets_exposed().is_empty(), "{loopback}");
+        }
+        let c = Config::load(&Cli::default(), env(&[("HERALD_APP_SECRET", "real")])).unwrap();
+        assert!(c.default_secrets_exposed().is_empty());
+        let f = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"app-secret\"\n";
+        assert_eq!(load_file(f, &[], &[]).unwrap().default_secrets_exposed(), [("2", "apps[1].secret".into())]);
+    }
+
+    #[test]
+    fn cache_settings() {
+        let c = Config::default();
+        assert_eq!((c.cache_channels, c.cache_ttl), (10_000, Duration::from_secs(1800)));
+        let c =
+            Config::load(&Cli::default(), env(&[("HERALD_CACHE_CHANNELS", "5"), ("HERALD_CACHE_TTL", "7")])).unwrap();
+        assert_eq!((c.cache_channels, c.cache_ttl), (5, Duration::from_secs(7)));
+        for (var, value, key) in
+            [("HERALD_CACHE_CHANNELS", "0", "cache_channels"), ("HERALD_CACHE_TTL", "0", "cache_ttl")]
+        {
+            let err = Config::load(&Cli::default(), env(&[(var, value)])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if k == key), "{err}");
+        }
     }
 
     #[test]

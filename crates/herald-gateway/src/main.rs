@@ -15,6 +15,16 @@ async fn main() -> std::process::ExitCode {
         }
     };
     logging::init(&config);
+    for (app_id, setting) in config.default_secrets_exposed() {
+        tracing::warn!(
+            app_id,
+            setting = %setting,
+            host = %config.host,
+            "INSECURE: app {app_id} uses the built-in default secret on a non-loopback address; anyone who reaches \
+             this node can sign subscriptions and call the REST API. Set {setting} to a secret of your own \
+             (see docs/configuration.md)"
+        );
+    }
     // Every connection is a file descriptor: take the whole hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(limit, "file descriptor limit"),

@@ -335,10 +335,143 @@ mod tests {
         assert_eq!(data, json!({"events":[{"name":"online","user_ids":["u2"]}]}));
     }
 
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "[a-z:{}\"\\\\ -]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A field: usually a string, sometimes any other JSON, sometimes absent.
+    fn field() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            3 => "[a-z0-9:{}-]{0,16}".prop_map(|s| Some(Value::from(s))),
+            1 => json_value().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    fn event_name() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "pusher:ping", "pusher:pong", "pusher:subscribe", "pusher:unsubscribe", "pusher:signin",
+            ])
+            .prop_map(|e| Some(Value::from(e))),
+            3 => "client-[a-z.-]{0,10}".prop_map(|e| Some(Value::from(e))),
+            1 => "(pusher:|client|pusher_internal:)?[a-z]{0,8}".prop_map(|e| Some(Value::from(e))),
+            1 => json_value().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    /// `data`: an object of the fields the events read, the same object
+    /// encoded as a JSON string (as some clients send it), or anything.
+    fn data() -> impl Strategy<Value = Option<Value>> {
+        let fields = || {
+            (field(), field(), field(), field(), field()).prop_map(|(channel, auth, cd, ud, extra)| {
+                let mut map = Map::new();
+                for (key, value) in
+                    [("channel", channel), ("auth", auth), ("channel_data", cd), ("user_data", ud), ("x", extra)]
+                {
+                    if let Some(value) = value {
+                        map.insert(key.into(), value);
+                    }
+                }
+                map
+            })
+        };
+        prop_oneof![
+            3 => fields().prop_map(|m| Some(Value::Object(m))),
+            2 => fields().prop_map(|m| Some(Value::String(Value::Object(m).to_string()))),
+            1 => json_value().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    /// What the protocol says a frame of these parts means (an oracle
+    /// written from the Pusher protocol, not from `parse`).
+    fn meaning(
+        event: &Option<Value>,
+        channel: &Option<Value>,
+        data: &Option<Value>,
+    ) -> Result<ClientMessage, FrameError> {
+        let Some(Value::String(event)) = event else { return Err(FrameError::MissingEvent) };
+        let fields = match data {
+            Some(Value::Object(map)) => map.clone(),
+            Some(Value::String(text)) => match serde_json::from_str(text) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            },
+            _ => Map::new(),
+        };
+        let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
+        match event.as_str() {
+            "pusher:ping" => Ok(ClientMessage::Ping),
+            "pusher:pong" => Ok(ClientMessage::Pong),
+            "pusher:subscribe" => match text("channel") {
+                Some(channel) => {
+                    Ok(ClientMessage::Subscribe { channel, auth: text("auth"), channel_data: text("channel_data") })
+                }
+                None => Err(FrameError::MissingField("pusher:subscribe", "channel")),
+            },
+            "pusher:unsubscribe" => match text("channel") {
+                Some(channel) => Ok(ClientMessage::Unsubscribe { channel }),
+                None => Err(FrameError::MissingField("pusher:unsubscribe", "channel")),
+            },
+            "pusher:signin" => match (text("auth"), text("user_data")) {
+                (Some(auth), Some(user_data)) => Ok(ClientMessage::Signin { auth, user_data }),
+                (None, _) => Err(FrameError::MissingField("pusher:signin", "auth")),
+                (Some(_), None) => Err(FrameError::MissingField("pusher:signin", "user_data")),
+            },
+            name if name.starts_with("client-") => match channel {
+                Some(Value::String(channel)) => Ok(ClientMessage::ClientEvent {
+                    event: name.to_owned(),
+                    channel: channel.clone(),
+                    data: data.clone().unwrap_or(Value::Null),
+                }),
+                _ => Err(FrameError::MissingChannel),
+            },
+            other => Err(FrameError::UnknownEvent(other.to_owned())),
+        }
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(s in ".{0,200}") {
             let _ = ClientMessage::parse(&s);
+        }
+
+        /// Structured frames: the JSON objects clients send (and near misses),
+        /// each parsed to what it means.
+        #[test]
+        fn frames_parse_to_what_they_mean(event in event_name(), channel in field(), data in data(), cut in any::<prop::sample::Index>(), noise in any::<char>()) {
+            let mut frame = Map::new();
+            for (key, value) in [("event", &event), ("channel", &channel), ("data", &data)] {
+                if let Some(value) = value {
+                    frame.insert(key.into(), value.clone());
+                }
+            }
+            let text = Value::Object(frame).to_string();
+            prop_assert_eq!(ClientMessage::parse(&text), meaning(&event, &channel, &data), "{}", text);
+
+            // Mutations: a cut-off frame is never JSON; a frame not an object is refused; noise never panics.
+            let at = text.char_indices().map(|(i, _)| i).nth(cut.index(text.chars().count())).unwrap_or(0);
+            prop_assert_eq!(ClientMessage::parse(&text[..at]), Err(FrameError::InvalidJson), "{}", &text[..at]);
+            prop_assert_eq!(ClientMessage::parse(&format!("[{text}]")), Err(FrameError::InvalidJson));
+            prop_assert_eq!(ClientMessage::parse(&Value::String(text.clone()).to_string()), Err(FrameError::InvalidJson));
+            let mut noisy = text.clone();
+            noisy.insert(at, noise);
+            let _ = ClientMessage::parse(&noisy);
         }
     }
 }

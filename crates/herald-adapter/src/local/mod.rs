@@ -28,7 +28,7 @@ use herald_protocol::{ErrorCode, SocketId};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-pub use cache::{CachedEvent, CACHE_TTL};
+pub use cache::{CacheSettings, CachedEvent, DEFAULT_CACHE_CHANNELS, DEFAULT_CACHE_TTL};
 pub use channels::{PresenceFull, SubscribeOutcome, UnsubscribeOutcome};
 pub use delivery::send_counted;
 pub use users::{SignInOutcome, UserDeparture};
@@ -47,7 +47,7 @@ pub struct Namespace {
     sockets: Mutex<HashMap<SocketId, Arc<Connection>>>,
     channels: Mutex<HashMap<Arc<str>, channels::Channel>>,
     users: Mutex<users::Users>,
-    cache: Mutex<HashMap<Arc<str>, CachedEvent>>,
+    cache: Mutex<cache::Cache>,
 }
 
 /// Everything a disconnect changed.
@@ -63,6 +63,8 @@ pub struct NamespaceSpec {
     pub metrics: AppMetrics,
     /// Webhook sink for the app's channel lifecycle.
     pub lifecycle: Arc<dyn Lifecycle>,
+    /// Bounds of the app's cache-channel store.
+    pub cache: CacheSettings,
 }
 
 impl Namespace {
@@ -75,8 +77,13 @@ impl Namespace {
             sockets: Mutex::default(),
             channels: Mutex::default(),
             users: Mutex::default(),
-            cache: Mutex::default(),
+            cache: Mutex::new(cache::Cache::new(CacheSettings::default())),
         }
+    }
+
+    /// The same namespace with its cache-channel store bounded by `settings`.
+    pub fn with_cache(self, settings: CacheSettings) -> Self {
+        Self { cache: Mutex::new(cache::Cache::new(settings)), ..self }
     }
 
     pub fn metrics(&self) -> &AppMetrics {
@@ -133,7 +140,7 @@ impl LocalAdapter {
         let namespaces = specs
             .into_iter()
             .map(|s| {
-                let ns = Namespace::new(&s.app_id, s.metrics, s.lifecycle, replica.clone());
+                let ns = Namespace::new(&s.app_id, s.metrics, s.lifecycle, replica.clone()).with_cache(s.cache);
                 (ns.app_id.clone(), Arc::new(ns))
             })
             .collect();
