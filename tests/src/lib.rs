@@ -576,7 +576,9 @@ pub fn herald_bin() -> std::path::PathBuf {
             let exe = std::env::current_exe().unwrap();
             let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
             let mut build = std::process::Command::new(env!("CARGO"));
-            build.args(["build", "-p", "herald-gateway", "--bin", "herald"]);
+            // From the workspace root and without -p, exactly as scripts/test
+            // builds it, so the features match and this is a no-op there.
+            build.args(["build", "--bin", "herald"]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
             if dir.ends_with("release") {
                 build.arg("--release");
             }
