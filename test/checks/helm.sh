@@ -142,6 +142,10 @@ def assertions(name, values, docs):
     grace, sg = pod["terminationGracePeriodSeconds"], merged["herald"]["shutdownGrace"]
     sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     check(name, grace > sg + sleep and cm["HERALD_SHUTDOWN_GRACE"] == str(sg), f"terminationGracePeriodSeconds {grace} > shutdownGrace {sg} + preStop {sleep}")
+    dw = merged["herald"].get("drainWindow")
+    check(name, cm.get("HERALD_DRAIN_WINDOW") == (None if dw is None else str(dw)), f"HERALD_DRAIN_WINDOW {dw} (unset when null)")
+    check(name, cm["HERALD_MAX_CONNECTIONS_PER_IP"] == str(merged["herald"]["maxConnectionsPerIp"])
+          and cm["HERALD_TRUST_FORWARDED_FOR"] == str(merged["herald"]["trustForwardedFor"]).lower(), "per-IP cap settings")
     sc = c["securityContext"]
     check(name, sc["runAsNonRoot"] and sc["runAsUser"] == 10001 and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
           and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault", "restricted securityContext")
@@ -254,6 +258,7 @@ for label, values in typos.items():
 # ---- settings Herald would refuse at start are refused by helm template
 refused = {
     "redis-cluster without nodes": {"adapter": "redis-cluster"},
+    "drainWindow > shutdownGrace": {"herald": {"shutdownGrace": 4, "drainWindow": 5}},
     "nodeTimeoutMs <= 2 x heartbeatIntervalMs": {"adapter": "nats", "heartbeatIntervalMs": 5000, "nodeTimeoutMs": 10000},
     "3 pods on the local adapter": {"replicaCount": 3},
 }

@@ -121,6 +121,9 @@ written with toJson: JSON strings, numbers, booleans and string arrays are valid
 Refuse settings Herald itself would refuse at start, with the value named.
 */}}
 {{- define "herald.validate" -}}
+{{- if and (not (kindIs "invalid" .Values.herald.drainWindow)) (gt (int .Values.herald.drainWindow) (int .Values.herald.shutdownGrace)) }}
+{{- fail (printf "herald.drainWindow (%d) must be at most herald.shutdownGrace (%d)" (int .Values.herald.drainWindow) (int .Values.herald.shutdownGrace)) }}
+{{- end }}
 {{- if and (eq .Values.adapter "redis-cluster") (empty .Values.redisCluster.nodes) (empty .Values.redisCluster.existingSecret) }}
 {{- fail "adapter is redis-cluster: set redisCluster.nodes (at least one seed URL) or redisCluster.existingSecret" }}
 {{- end }}
