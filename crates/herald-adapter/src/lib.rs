@@ -22,8 +22,8 @@ pub use connection::{Connection, Frame, SendOutcome, SignedIn};
 pub use fabric::{ClusterAdapter, ClusterConfig};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use local::{
-    send_counted, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, PresenceFull, SignInOutcome,
-    SubscribeOutcome, UnsubscribeOutcome, UserDeparture, CACHE_TTL,
+    send_counted, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, OverQuota, PresenceFull,
+    SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture, CACHE_TTL,
 };
 pub use replica::{Change, NodeAppState, NodeId, Replica, SingleNode};
 

@@ -355,7 +355,7 @@ struct Client {
 impl Client {
     fn on(adapter: Arc<dyn Adapter>, major: u64, minor: u64) -> Client {
         let (conn, rx) = Connection::new(SocketId { major, minor }, 64);
-        adapter.add_connection(APP, conn.clone()).unwrap();
+        adapter.add_connection(APP, conn.clone(), 0).unwrap();
         Client { adapter, conn, rx }
     }
 

@@ -582,8 +582,11 @@ impl Adapter for ClusterAdapter {
         self.inner.link_up() && !self.inner.core.warming()
     }
 
-    fn add_connection(&self, app_id: &str, conn: Arc<Connection>) -> Result<(), AdapterError> {
-        self.inner.local.add_connection(app_id, conn)
+    fn add_connection(&self, app_id: &str, conn: Arc<Connection>, max_connections: usize) -> Result<(), AdapterError> {
+        // The peers' counts are read first: the peers mutex is never taken
+        // under a namespace lock it does not need.
+        let elsewhere = if max_connections > 0 { self.inner.core.peers.connections(app_id) } else { 0 };
+        Ok(self.inner.local.ns(app_id)?.add_connection(conn, max_connections, elsewhere)?)
     }
 
     fn connection_count(&self, app_id: &str) -> Result<usize, AdapterError> {

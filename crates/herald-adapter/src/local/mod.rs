@@ -16,6 +16,8 @@
 mod cache;
 mod channels;
 mod delivery;
+#[cfg(test)]
+mod races;
 mod sockets;
 mod users;
 
@@ -31,6 +33,7 @@ use serde_json::Value;
 pub use cache::{CachedEvent, CACHE_TTL};
 pub use channels::{PresenceFull, SubscribeOutcome, UnsubscribeOutcome};
 pub use delivery::send_counted;
+pub use sockets::OverQuota;
 pub use users::{SignInOutcome, UserDeparture};
 
 use crate::adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
@@ -173,9 +176,8 @@ impl Adapter for LocalAdapter {
         "local"
     }
 
-    fn add_connection(&self, app_id: &str, conn: Arc<Connection>) -> Result<(), AdapterError> {
-        self.ns(app_id)?.add_connection(conn);
-        Ok(())
+    fn add_connection(&self, app_id: &str, conn: Arc<Connection>, max_connections: usize) -> Result<(), AdapterError> {
+        Ok(self.ns(app_id)?.add_connection(conn, max_connections, 0)?)
     }
 
     fn connection_count(&self, app_id: &str) -> Result<usize, AdapterError> {

@@ -8,9 +8,22 @@ use std::sync::Arc;
 use super::{Departure, Namespace};
 use crate::connection::Connection;
 
+/// The app already has its maximum of open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the app is over its connection quota ({0})")]
+pub struct OverQuota(pub usize);
+
 impl Namespace {
-    pub fn add_connection(&self, conn: Arc<Connection>) {
-        self.sockets.lock().insert(conn.socket_id, conn);
+    /// Registers `conn` unless the app holds `max` connections already
+    /// (0: no limit), counting `elsewhere` on other nodes. Checked and
+    /// inserted under one lock: simultaneous connects cannot all pass.
+    pub fn add_connection(&self, conn: Arc<Connection>, max: usize, elsewhere: usize) -> Result<(), OverQuota> {
+        let mut sockets = self.sockets.lock();
+        if max > 0 && sockets.len() + elsewhere >= max {
+            return Err(OverQuota(max));
+        }
+        sockets.insert(conn.socket_id, conn);
+        Ok(())
     }
 
     /// Open connections of this app on this node.

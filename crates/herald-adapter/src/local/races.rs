@@ -1,0 +1,233 @@
+//! Concurrency tests of the namespace: the same operations the gateway and
+//! the cleanup workers run, from several OS threads at once, repeated many
+//! times, checking what a subscriber or watcher ends up being told.
+//!
+//! They exist because each of these once had a window between two locks
+//! (or between a check and an update) that a burst could fall into.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use futures_util::FutureExt;
+use herald_metrics::Metrics;
+use herald_protocol::presence::PresenceMember;
+use herald_protocol::SocketId;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::Receiver;
+
+use super::{LocalAdapter, Namespace, NamespaceSpec};
+use crate::adapter::{Adapter, Subscription};
+use crate::connection::{Connection, Frame};
+use crate::replica::SingleNode;
+
+fn ns() -> Arc<Namespace> {
+    Arc::new(Namespace::new("app", Metrics::new("test").app("app"), Arc::new(crate::NoLifecycle), Arc::new(SingleNode)))
+}
+
+fn adapter() -> Arc<LocalAdapter> {
+    let spec = NamespaceSpec {
+        app_id: "app".into(),
+        metrics: Metrics::new("test").app("app"),
+        lifecycle: Arc::new(crate::NoLifecycle),
+    };
+    Arc::new(LocalAdapter::new([spec]))
+}
+
+fn conn(major: u64, minor: u64) -> (Arc<Connection>, Receiver<Frame>) {
+    Connection::new(SocketId { major, minor }, 256)
+}
+
+fn drain(rx: &mut Receiver<Frame>) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        out.push(serde_json::from_str(f.to_text().unwrap()).unwrap_or_else(|_| json!(f.to_text().unwrap())));
+    }
+    out
+}
+
+fn sub(channel: &str, user: Option<&str>) -> Subscription {
+    Subscription {
+        channel: channel.into(),
+        member: user.map(|id| PresenceMember { user_id: id.into(), user_info: json!({}) }),
+        max_members: 1000,
+        is_cache: channel.starts_with("cache-"),
+    }
+}
+
+/// The user id a presence frame names, if it is `member_added`/`removed`.
+fn presence_change(frame: &Value) -> Option<(bool, String)> {
+    let added = match frame["event"].as_str()? {
+        "pusher_internal:member_added" => true,
+        "pusher_internal:member_removed" => false,
+        _ => return None,
+    };
+    let data: Value = serde_json::from_str(frame["data"].as_str()?).ok()?;
+    Some((added, data["user_id"].as_str()?.to_string()))
+}
+
+/// Runs `f(i)` on `n` threads released together.
+fn at_once<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(n));
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, f) = (barrier.clone(), f.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// A user leaves (disconnect, removed by a cleanup batch) while the same
+/// user rejoins on a new connection: whatever the interleaving, the other
+/// subscribers' last word about the user is "present" (or nothing at all).
+#[test]
+fn a_quick_rejoin_is_never_shown_as_gone() {
+    for round in 0..300u64 {
+        let ns = ns();
+        let (watcher, mut rw) = conn(round, 0);
+        ns.subscribe(&watcher, &sub("presence-x", Some("w")), false).unwrap();
+        let (old, _ro) = conn(round, 1);
+        ns.subscribe(&old, &sub("presence-x", Some("u")), false).unwrap();
+        drain(&mut rw);
+        let (new, _rn) = conn(round, 2);
+        let (ns2, old2, new2) = (ns.clone(), old.clone(), new.clone());
+        at_once(2, move |i| {
+            if i == 0 {
+                old2.mark_leaving();
+                ns2.remove_connections(std::slice::from_ref(&old2));
+            } else {
+                ns2.subscribe(&new2, &sub("presence-x", Some("u")), false).unwrap();
+            }
+        });
+        let told: Vec<bool> =
+            drain(&mut rw).iter().filter_map(presence_change).filter(|(_, u)| u == "u").map(|(a, _)| a).collect();
+        assert!(told.last().copied().unwrap_or(true), "round {round}: watcher last heard u left: {told:?}");
+        assert!(ns.members("presence-x").iter().any(|(id, _)| id == "u"), "round {round}");
+    }
+}
+
+/// Subscribers arriving on a cache channel while an event is triggered on
+/// it get that event exactly once: live, or as the replay.
+#[test]
+fn a_cache_subscriber_racing_a_trigger_gets_the_event_once() {
+    const SUBSCRIBERS: usize = 3;
+    let mut twice = 0;
+    let mut never = 0;
+    for round in 0..600u64 {
+        let adapter = adapter();
+        adapter
+            .broadcast("app", "cache-x", crate::text_frame("\"old\"".into()), None, true)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let a = adapter.clone();
+        let received = at_once(SUBSCRIBERS + 1, move |i| {
+            if i == 0 {
+                let frame = crate::text_frame("\"new\"".into());
+                a.broadcast("app", "cache-x", frame, None, true).now_or_never().unwrap().unwrap();
+                return Vec::new();
+            }
+            let (c, mut rx) = conn(round, i as u64);
+            a.subscribe("app", &c, sub("cache-x", None)).now_or_never().unwrap().unwrap();
+            // The event may still be on its way from the broadcaster thread.
+            let mut frames = drain(&mut rx);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !frames.contains(&json!("new")) && std::time::Instant::now() < deadline {
+                thread::yield_now();
+                frames.extend(drain(&mut rx));
+            }
+            frames
+        });
+        for frames in received.into_iter().skip(1) {
+            match frames.iter().filter(|f| **f == json!("new")).count() {
+                1 => {}
+                0 => never += 1,
+                _ => twice += 1,
+            }
+        }
+    }
+    assert_eq!((twice, never), (0, 0), "subscribers that got the racing event (twice, never)");
+}
+
+/// Re-signing in as the same user changes nothing for watchers: no
+/// `offline`, no `online`.
+#[test]
+fn re_signing_in_as_the_same_user_is_silent() {
+    let ns = ns();
+    let (watcher, mut rw) = conn(1, 0);
+    ns.sign_in(&watcher, "w", &["u".to_string()]);
+    let (c, _rc) = conn(1, 1);
+    assert!(ns.sign_in(&c, "u", &[]).came_online);
+    assert_eq!(drain(&mut rw).len(), 1, "online");
+    let again = ns.sign_in(&c, "u", &["w".to_string()]);
+    assert!(!again.came_online);
+    assert_eq!(again.online_watched, vec!["w".to_string()]);
+    assert_eq!(drain(&mut rw), Vec::<Value>::new(), "re-signing as u told its watchers something");
+    assert_eq!(ns.user_connections("u").len(), 1);
+}
+
+/// A second sign-in as another user takes the first one offline for its
+/// watchers (when it was its last connection) and brings the new one online.
+#[test]
+fn signing_in_as_another_user_takes_the_old_one_offline() {
+    let ns = ns();
+    let (watcher, mut rw) = conn(1, 0);
+    ns.sign_in(&watcher, "w", &["u".to_string(), "v".to_string()]);
+    let (c, _rc) = conn(1, 1);
+    ns.sign_in(&c, "u", &[]);
+    drain(&mut rw);
+    assert!(ns.sign_in(&c, "v", &[]).came_online);
+    let events: Vec<String> = drain(&mut rw).iter().map(|f| f["data"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].contains("offline") && events[0].contains("\"u\""), "{events:?}");
+    assert!(events[1].contains("online") && events[1].contains("\"v\""), "{events:?}");
+    assert!(ns.user_connections("u").is_empty());
+}
+
+/// Two connections of one user re-sign and sign in at once: the user never
+/// looks offline to a watcher while one of them is signed in.
+#[test]
+fn concurrent_sign_ins_of_one_user_never_flicker_offline() {
+    for round in 0..300u64 {
+        let ns = ns();
+        let (watcher, mut rw) = conn(round, 0);
+        ns.sign_in(&watcher, "w", &["u".to_string()]);
+        let (a, _ra) = conn(round, 1);
+        ns.sign_in(&a, "u", &[]);
+        drain(&mut rw);
+        let (b, _rb) = conn(round, 2);
+        let (ns2, a2, b2) = (ns.clone(), a.clone(), b.clone());
+        at_once(2, move |i| {
+            if i == 0 {
+                ns2.sign_in(&a2, "u", &[]);
+            } else {
+                ns2.sign_in(&b2, "u", &[]);
+            }
+        });
+        let frames = drain(&mut rw);
+        assert!(frames.is_empty(), "round {round}: u was online throughout, watcher heard {frames:?}");
+    }
+}
+
+/// Many connections of one app registering at once never exceed its
+/// connection quota, and the quota is filled exactly.
+#[test]
+fn a_burst_of_connections_cannot_overshoot_the_quota() {
+    const MAX: usize = 3;
+    const BURST: usize = 12;
+    for round in 0..300u64 {
+        let adapter = adapter();
+        let a = adapter.clone();
+        let admitted = at_once(BURST, move |i| {
+            let (c, _rx) = conn(round, i as u64);
+            a.add_connection("app", c, MAX).is_ok()
+        });
+        let admitted = admitted.into_iter().filter(|ok| *ok).count();
+        assert_eq!(admitted, MAX, "round {round}: admitted {admitted} of {BURST} with a quota of {MAX}");
+        assert_eq!(adapter.connection_count("app").unwrap(), MAX);
+    }
+}
