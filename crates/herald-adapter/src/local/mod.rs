@@ -479,6 +479,21 @@ mod tests {
     }
 
     #[test]
+    fn re_signing_in_tells_the_peers_only_what_changed() {
+        let (ns, rec, _) = recorded();
+        let (a, _r) = conn(1);
+        ns.sign_in(&a, "u", &[]);
+        rec.0.lock().clear();
+        ns.sign_in(&a, "u", &["x".to_string()]);
+        assert_eq!(*rec.0.lock(), vec![], "the same user again is no change");
+        ns.sign_in(&a, "v", &[]);
+        assert_eq!(
+            *rec.0.lock(),
+            vec![Change::UserOffline { user_id: "u".into() }, Change::UserOnline { user_id: "v".into() }]
+        );
+    }
+
+    #[test]
     fn a_member_on_two_nodes_is_added_once_and_removed_once() {
         let (ns, _, facts) = recorded();
         let (local, mut rl) = conn(1);
