@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_metrics::NodeMetrics;
-use herald_protocol::{message, SocketId};
+use herald_protocol::SocketId;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -334,10 +334,12 @@ impl Inner {
                     return;
                 }
                 let frame = Frame::Text(text);
+                let except = except.and_then(|s| s.parse().ok());
                 if cache {
-                    ns.set_cached(&channel, frame.clone());
+                    ns.broadcast_cached(&channel, &frame, except);
+                } else {
+                    ns.broadcast(&channel, &frame, except);
                 }
-                ns.broadcast(&channel, &frame, except.and_then(|s| s.parse().ok()));
             }
             Body::Change { n, seq, app, change } if n != me => {
                 let node: NodeId = n.into();
@@ -737,22 +739,9 @@ impl ClusterAdapter {
             })
             .filter(|(_, payload)| !payload.is_empty())
             .min_by_key(|(age, _)| *age);
-        let event = match youngest.and_then(|(age, p)| Some((age, Utf8Bytes::try_from(p).ok()?))) {
-            Some((age, text)) => Some(ns.set_replayed(channel, Frame::Text(text), Duration::from_millis(age))),
-            None => ns.cached(channel),
-        };
-        match event {
-            // Triggered live after this subscription: it was delivered to it.
-            Some(event) if !event.replayed && event.stored >= subscribed_at => true,
-            Some(event) => {
-                ns.send_to(conn, event.frame);
-                true
-            }
-            None => {
-                ns.send_to(conn, crate::text_frame(message::cache_miss(channel)));
-                false
-            }
-        }
+        let answer =
+            youngest.and_then(|(age, p)| Some((Frame::Text(Utf8Bytes::try_from(p).ok()?), Duration::from_millis(age))));
+        ns.finish_replay(conn, channel, answer, subscribed_at)
     }
 }
 

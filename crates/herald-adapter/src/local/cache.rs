@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_protocol::message;
+
 use super::Namespace;
-use crate::connection::Frame;
+use crate::connection::{Connection, Frame};
 
 /// How long a cache channel keeps its last event.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -46,6 +48,39 @@ impl Namespace {
         let event = CachedEvent { frame, stored, replayed: true };
         Self::insert(&mut cache, channel, event.clone(), now);
         event
+    }
+
+    /// Ends a deferred cache miss of `conn`, subscribed at `subscribed_at`:
+    /// stores the peers' `answer` (unless a newer event is here) and sends
+    /// `conn` the channel's last event — unless it was triggered live since
+    /// the subscription (then it was delivered live) — or `cache_miss`.
+    /// Decided and queued under the channel's lock, the lock a live event
+    /// is stored and its recipients chosen under, so a replay never follows
+    /// a newer live event. Returns whether `conn` got an event.
+    pub fn finish_replay(
+        &self,
+        conn: &Connection,
+        channel: &str,
+        answer: Option<(Frame, Duration)>,
+        subscribed_at: Instant,
+    ) -> bool {
+        let _channel = self.channels.lock();
+        let event = match answer {
+            Some((frame, age)) => Some(self.set_replayed(channel, frame, age)),
+            None => self.cached(channel),
+        };
+        match event {
+            // Triggered live after this subscription: it was delivered to it.
+            Some(event) if !event.replayed && event.stored >= subscribed_at => true,
+            Some(event) => {
+                self.send_to(conn, event.frame);
+                true
+            }
+            None => {
+                self.send_to(conn, crate::text_frame(message::cache_miss(channel)));
+                false
+            }
+        }
     }
 
     fn store(&self, channel: &str, event: CachedEvent) {

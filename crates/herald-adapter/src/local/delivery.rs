@@ -29,6 +29,28 @@ impl Namespace {
         delivered
     }
 
+    /// Stores `frame` as the last event of cache channel `channel` and
+    /// queues it to every local subscriber except `except`. The event is
+    /// stored and the recipients chosen under the channel's lock — the lock
+    /// a subscriber's replay is decided under — so a subscriber arriving
+    /// meanwhile either is a recipient or replays this event: once, never
+    /// twice or not at all.
+    pub fn broadcast_cached(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
+        let started = Instant::now();
+        let snapshot = {
+            let mut channels = self.channels.lock();
+            self.set_cached(channel, frame.clone());
+            match channels.get_mut(channel) {
+                Some(state) => state.snapshot(),
+                None => return 0,
+            }
+        };
+        let delivered = deliver(&snapshot, frame, except, &self.metrics);
+        self.metrics.delivered(delivered as u64, frame.len());
+        self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
+        delivered
+    }
+
     /// Queues one frame to one connection, counted in metrics.
     pub fn send_to(&self, conn: &Connection, frame: Frame) -> SendOutcome {
         send_counted(conn, frame, &self.metrics)

@@ -231,7 +231,7 @@ impl Adapter for LocalAdapter {
     ) -> Result<usize, AdapterError> {
         let ns = self.ns(app_id)?;
         if remember {
-            ns.set_cached(channel, frame.clone());
+            return Ok(ns.broadcast_cached(channel, &frame, except));
         }
         Ok(ns.broadcast(channel, &frame, except))
     }
