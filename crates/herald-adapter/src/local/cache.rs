@@ -64,7 +64,7 @@ impl Namespace {
         answer: Option<(Frame, Duration)>,
         subscribed_at: Instant,
     ) -> bool {
-        let _channel = self.channels.lock();
+        let _channel = self.channels.lock(channel);
         let event = match answer {
             Some((frame, age)) => Some(self.set_replayed(channel, frame, age)),
             None => self.cached(channel),

@@ -19,7 +19,7 @@ impl Namespace {
     /// Queues `frame` to every local subscriber of `channel` except `except`.
     pub fn broadcast(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
         let started = Instant::now();
-        let snapshot = match self.channels.lock().get_mut(channel) {
+        let snapshot = match self.channels.lock(channel).get_mut(channel) {
             Some(state) => state.snapshot(),
             None => return 0,
         };
@@ -38,7 +38,7 @@ impl Namespace {
     pub fn broadcast_cached(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
         let started = Instant::now();
         let snapshot = {
-            let mut channels = self.channels.lock();
+            let mut channels = self.channels.lock(channel);
             self.set_cached(channel, frame.clone());
             match channels.get_mut(channel) {
                 Some(state) => state.snapshot(),

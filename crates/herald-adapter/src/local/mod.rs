@@ -10,14 +10,17 @@
 //! the same code for one node or twenty.
 //!
 //! Locks are `parking_lot` mutexes held for map updates only — never across
-//! an `.await` and never while a channel broadcast sends. Lock order when
-//! nested: `channels` → `cache` → `users` → a connection's own state.
+//! an `.await` and never while a channel broadcast sends. `channels` is
+//! sharded by channel name (`shards`); one shard at a time is held. Lock
+//! order when nested: a channel shard → `cache` → `users` → a connection's
+//! own state.
 
 mod cache;
 mod channels;
 mod delivery;
 #[cfg(test)]
 mod races;
+mod shards;
 mod sockets;
 mod users;
 
@@ -48,7 +51,7 @@ pub struct Namespace {
     lifecycle: Arc<dyn Lifecycle>,
     replica: Arc<dyn Replica>,
     sockets: Mutex<HashMap<SocketId, Arc<Connection>>>,
-    channels: Mutex<HashMap<Arc<str>, channels::Channel>>,
+    channels: shards::Shards,
     users: Mutex<users::Users>,
     cache: Mutex<HashMap<Arc<str>, CachedEvent>>,
 }
@@ -76,7 +79,7 @@ impl Namespace {
             lifecycle,
             replica,
             sockets: Mutex::default(),
-            channels: Mutex::default(),
+            channels: shards::Shards::default(),
             users: Mutex::default(),
             cache: Mutex::default(),
         }

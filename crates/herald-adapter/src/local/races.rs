@@ -15,6 +15,7 @@ use herald_protocol::SocketId;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::Receiver;
 
+use super::shards::Shards;
 use super::{LocalAdapter, Namespace, NamespaceSpec};
 use crate::adapter::{Adapter, Subscription};
 use crate::connection::{Connection, Frame};
@@ -230,4 +231,38 @@ fn a_burst_of_connections_cannot_overshoot_the_quota() {
         assert_eq!(admitted, MAX, "round {round}: admitted {admitted} of {BURST} with a quota of {MAX}");
         assert_eq!(adapter.connection_count("app").unwrap(), MAX);
     }
+}
+
+/// While one channel's state is locked (a hot channel rebuilding its
+/// snapshot, a cleanup batch, a snapshot being applied), the app's other
+/// channels keep serving subscribes, broadcasts and queries.
+#[test]
+fn a_busy_channel_does_not_stall_the_others() {
+    let ns = ns();
+    let hot = "hot";
+    let other = (0..1000)
+        .map(|i| format!("other-{i}"))
+        .find(|c| Shards::index(c) != Shards::index(hot))
+        .unwrap_or_else(|| "other".into());
+    let (a, mut ra) = conn(1, 1);
+    ns.subscribe(&a, &sub(&other, None), false).unwrap();
+    drain(&mut ra);
+    let busy = ns.channels.lock(hot);
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = {
+        let ns = ns.clone();
+        let other = other.clone();
+        thread::spawn(move || {
+            let (b, _rb) = conn(1, 2);
+            ns.subscribe(&b, &sub(&other, None), false).unwrap();
+            let delivered = ns.broadcast(&other, &crate::text_frame("\"x\"".into()), None);
+            let count = ns.subscription_count(&other);
+            let _ = done.send((delivered, count));
+        })
+    };
+    let result = finished.recv_timeout(std::time::Duration::from_secs(10));
+    drop(busy);
+    worker.join().unwrap();
+    assert_eq!(result.ok(), Some((2, 2)), "work on {other} waited for {hot}'s lock");
+    assert_eq!(drain(&mut ra), vec![json!("x")]);
 }
