@@ -301,9 +301,10 @@ impl Inner {
         Ok(gathered.answers)
     }
 
-    /// Handles one message from the fabric. Never waits: replies go to
-    /// the publisher's queue.
-    fn handle(&self, message: Bytes) {
+    /// Handles one message from the fabric. Never waits on the fabric:
+    /// replies go to the publisher's queue; an event's fan-out only gives
+    /// the worker back between chunks of recipients.
+    async fn handle(&self, message: Bytes) {
         self.metrics.fabric_messages_in.increment(1);
         let (body, payload) = match decode(&message) {
             Ok(decoded) => decoded,
@@ -335,11 +336,7 @@ impl Inner {
                 }
                 let frame = Frame::Text(text);
                 let except = except.and_then(|s| s.parse().ok());
-                if cache {
-                    ns.broadcast_cached(&channel, &frame, except);
-                } else {
-                    ns.broadcast(&channel, &frame, except);
-                }
+                ns.fan_out(&channel, &frame, except, cache).await;
             }
             Body::Change { n, seq, app, change } if n != me => {
                 let node: NodeId = n.into();
@@ -451,7 +448,7 @@ async fn receive(inner: Arc<Inner>, mut queue: mpsc::Receiver<Bytes>, stop: Canc
     loop {
         tokio::select! {
             message = queue.recv() => match message {
-                Some(message) => inner.handle(message),
+                Some(message) => inner.handle(message).await,
                 None => break,
             },
             _ = stop.cancelled() => break,

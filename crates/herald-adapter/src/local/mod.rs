@@ -232,11 +232,7 @@ impl Adapter for LocalAdapter {
         except: Option<SocketId>,
         remember: bool,
     ) -> Result<usize, AdapterError> {
-        let ns = self.ns(app_id)?;
-        if remember {
-            return Ok(ns.broadcast_cached(channel, &frame, except));
-        }
-        Ok(ns.broadcast(channel, &frame, except))
+        Ok(self.ns(app_id)?.fan_out(channel, &frame, except, remember).await)
     }
 
     async fn broadcast_local(
@@ -246,7 +242,7 @@ impl Adapter for LocalAdapter {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<usize, AdapterError> {
-        Ok(self.ns(app_id)?.broadcast(channel, &frame, except))
+        Ok(self.ns(app_id)?.fan_out(channel, &frame, except, false).await)
     }
 
     async fn subscription_count(&self, app_id: &str, channel: &str) -> Result<usize, AdapterError> {

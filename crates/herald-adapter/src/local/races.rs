@@ -266,3 +266,89 @@ fn a_busy_channel_does_not_stall_the_others() {
     assert_eq!(result.ok(), Some((2, 2)), "work on {other} waited for {hot}'s lock");
     assert_eq!(drain(&mut ra), vec![json!("x")]);
 }
+
+/// Counts how often another task got the worker while `work` ran on a
+/// single-threaded runtime (so the two really share one worker).
+async fn others_ran_during<F: std::future::Future + Send + 'static>(work: F) -> (usize, F::Output)
+where
+    F::Output: Send,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let ran = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let (ran, stop) = (ran.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                ran.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    let counted = ran.clone();
+    let worker = tokio::spawn(async move {
+        let before = counted.load(Ordering::Relaxed);
+        let out = work.await;
+        (counted.load(Ordering::Relaxed) - before, out)
+    });
+    let result = worker.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    ticker.await.unwrap();
+    result
+}
+
+fn subscribers(adapter: &LocalAdapter, channel: &str, n: u64, major: u64) -> Vec<Receiver<Frame>> {
+    (0..n)
+        .map(|i| {
+            let (c, mut rx) = Connection::new(SocketId { major, minor: i }, 16);
+            adapter.subscribe("app", &c, sub(channel, None)).now_or_never().unwrap().unwrap();
+            drain(&mut rx);
+            rx
+        })
+        .collect()
+}
+
+/// One broadcast to 20,000 subscribers gives the worker back several
+/// times while it runs, and two consecutive broadcasts still reach every
+/// subscriber in order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_fan_out_gives_the_worker_back_and_keeps_order() {
+    const N: u64 = 20_000;
+    let adapter = adapter();
+    let mut rxs = subscribers(&adapter, "big", N, 7);
+    let a = adapter.clone();
+    let (others, delivered) = others_ran_during(async move {
+        let first = a.broadcast("app", "big", crate::text_frame("1".into()), None, false).await.unwrap();
+        let second = a.broadcast("app", "big", crate::text_frame("2".into()), None, true).await.unwrap();
+        (first, second)
+    })
+    .await;
+    assert_eq!(delivered, (N as usize, N as usize));
+    assert!(others >= 4, "another task ran {others} times during two fan-outs to {N}");
+    for rx in &mut rxs {
+        assert_eq!(drain(rx), vec![json!(1), json!(2)]);
+    }
+}
+
+/// A REST batch (many broadcasts to small channels in one task) gives the
+/// worker back too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_of_broadcasts_gives_the_worker_back() {
+    let adapter = adapter();
+    let _rxs: Vec<_> = (0..100).flat_map(|c| subscribers(&adapter, &format!("c{c}"), 100, c)).collect();
+    let a = adapter.clone();
+    let (others, delivered) = others_ran_during(async move {
+        let mut delivered = 0;
+        for event in 0..10 {
+            for c in 0..100 {
+                let frame = crate::text_frame(format!("{event}"));
+                delivered += a.broadcast("app", &format!("c{c}"), frame, None, false).await.unwrap();
+            }
+        }
+        delivered
+    })
+    .await;
+    assert_eq!(delivered, 100_000);
+    assert!(others >= 4, "another task ran {others} times during 10 events × 100 channels of 100");
+}
