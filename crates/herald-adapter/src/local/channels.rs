@@ -5,7 +5,7 @@
 //!
 //! A cluster-wide transition is detected where it happens — a local
 //! subscribe or leave, or a peer's change applied here — and reacted to at
-//! once, still under the `channels` lock so reactions keep their order:
+//! once, still under the channel's shard of `channels`, so reactions keep their order:
 //! `member_added` / `member_removed` frames to this node's subscribers, and
 //! the webhook if this node is the channel's announcer.
 

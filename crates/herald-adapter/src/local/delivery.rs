@@ -1,7 +1,7 @@
 //! How a frame reaches this node's connections: one shared frame, a
 //! non-blocking `try_send` into each recipient's bounded queue, one batched
 //! metrics count per broadcast. The subscriber list is a snapshot taken
-//! under the `channels` lock and sent to after it is released; a full queue
+//! under the channel's shard lock and sent to after it is released; a full queue
 //! cuts that connection off (4100) instead of slowing anyone else. (This
 //! measured better than a per-recipient `buffer_unordered` stream: see
 //! docs/architecture.md.) Broadcasts go in steps that consume the task's
@@ -18,7 +18,9 @@ use super::Namespace;
 use crate::connection::{Connection, Frame, SendOutcome};
 
 impl Namespace {
-    /// Queues `frame` to every local subscriber of `channel` except `except`.
+    /// Queues `frame` to every local subscriber of `channel` except `except`,
+    /// in one go without yielding (benchmarks and tests; the adapters use
+    /// [`Namespace::fan_out`]).
     pub fn broadcast(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
         let started = Instant::now();
         let snapshot = match self.channels.lock(channel).get_mut(channel) {
