@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_protocol::message;
+use herald_protocol::{message, SocketId};
 
 use super::Namespace;
 use crate::connection::{Connection, Frame};
@@ -26,12 +26,33 @@ pub struct CachedEvent {
     pub stored: Instant,
     /// Taken from a peer on a miss, not delivered here live.
     pub replayed: bool,
+    /// A replayed event: the subscribers it was replayed to on a deferred
+    /// miss. If the same event then arrives live, they have it already.
+    pub replayed_to: Vec<SocketId>,
 }
 
 impl Namespace {
     /// Stores the last event of a cache channel.
     pub fn set_cached(&self, channel: &str, frame: Frame) {
-        self.store(channel, CachedEvent { frame, stored: Instant::now(), replayed: false });
+        self.store(channel, CachedEvent { frame, stored: Instant::now(), replayed: false, replayed_to: Vec::new() });
+    }
+
+    /// Stores an event delivered here live; returns the subscribers that
+    /// already got this very event as a peer's replay (the event replaced
+    /// is a replay with the same bytes), who must not get it twice. A later
+    /// event identical byte for byte to a replay is taken for the replayed
+    /// one: Pusher events carry no id, and a cache channel's subscriber
+    /// missing an exact repeat of the state it just got is the lesser harm.
+    pub(super) fn store_live(&self, channel: &str, frame: &Frame) -> Vec<SocketId> {
+        let now = Instant::now();
+        let event = CachedEvent { frame: frame.clone(), stored: now, replayed: false, replayed_to: Vec::new() };
+        let mut cache = self.cache.lock();
+        let had = match cache.get_mut(channel) {
+            Some(e) if e.replayed && e.frame == *frame => std::mem::take(&mut e.replayed_to),
+            _ => Vec::new(),
+        };
+        Self::insert(&mut cache, channel, event, now);
+        had
     }
 
     /// Stores an event a peer had, `age` old, unless a newer one is here
@@ -45,15 +66,17 @@ impl Namespace {
                 return existing.clone();
             }
         }
-        let event = CachedEvent { frame, stored, replayed: true };
+        let event = CachedEvent { frame, stored, replayed: true, replayed_to: Vec::new() };
         Self::insert(&mut cache, channel, event.clone(), now);
         event
     }
 
     /// Ends a deferred cache miss of `conn`, subscribed at `subscribed_at`:
     /// stores the peers' `answer` (unless a newer event is here) and sends
-    /// `conn` the channel's last event — unless it was triggered live since
-    /// the subscription (then it was delivered live) — or `cache_miss`.
+    /// `conn` the channel's last event — unless one was triggered live here
+    /// since the subscription (then it was delivered live) — or
+    /// `cache_miss`. A replay is remembered on the cached event, so the
+    /// same event arriving live afterwards skips `conn`.
     /// Decided and queued under the channel's lock, the lock a live event
     /// is stored and its recipients chosen under, so a replay never follows
     /// a newer live event. Returns whether `conn` got an event.
@@ -65,6 +88,11 @@ impl Namespace {
         subscribed_at: Instant,
     ) -> bool {
         let _channel = self.channels.lock(channel);
+        // Triggered live here after this subscription: it was delivered to
+        // it, whatever the peers answered (perhaps that very event).
+        if self.cached(channel).is_some_and(|e| !e.replayed && e.stored >= subscribed_at) {
+            return true;
+        }
         let event = match answer {
             Some((frame, age)) => Some(self.set_replayed(channel, frame, age)),
             None => self.cached(channel),
@@ -73,6 +101,11 @@ impl Namespace {
             // Triggered live after this subscription: it was delivered to it.
             Some(event) if !event.replayed && event.stored >= subscribed_at => true,
             Some(event) => {
+                if event.replayed {
+                    if let Some(e) = self.cache.lock().get_mut(channel) {
+                        e.replayed_to.push(conn.socket_id);
+                    }
+                }
                 self.send_to(conn, event.frame);
                 true
             }

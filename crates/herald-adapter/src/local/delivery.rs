@@ -43,21 +43,21 @@ impl Namespace {
     /// event. It is stored and the recipients chosen under the channel's
     /// lock — the lock a subscriber's replay is decided under — so a
     /// subscriber arriving meanwhile either is a recipient or replays this
-    /// event: once, never twice or not at all. Nothing is locked while the
-    /// frame is queued (the recipients are the channel's shared snapshot).
+    /// event: once, never twice or not at all. (In a cluster, subscribers
+    /// that got this very event as a peer's replay on a deferred miss are
+    /// skipped.) Nothing is locked while the frame is queued (the
+    /// recipients are the channel's shared snapshot).
     pub async fn fan_out(&self, channel: &str, frame: &Frame, except: Option<SocketId>, remember: bool) -> usize {
         let started = Instant::now();
-        let snapshot = {
+        let (snapshot, have_it) = {
             let mut channels = self.channels.lock(channel);
-            if remember {
-                self.set_cached(channel, frame.clone());
-            }
+            let have_it = if remember { self.store_live(channel, frame) } else { Vec::new() };
             match channels.get_mut(channel) {
-                Some(state) => state.snapshot(),
+                Some(state) => (state.snapshot(), have_it),
                 None => return 0,
             }
         };
-        let delivered = deliver_yielding(&snapshot, frame, except, &self.metrics).await;
+        let delivered = deliver_yielding(&snapshot, frame, except, &have_it, &self.metrics).await;
         self.metrics.delivered(delivered as u64, frame.len());
         self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
         delivered
@@ -95,7 +95,8 @@ pub fn send_counted(conn: &Connection, frame: Frame, metrics: &AppMetrics) -> Se
 /// one REST batch too — about a millisecond of `try_send`s.
 pub(crate) const STEP: usize = 32;
 
-/// [`deliver`] in steps of [`STEP`] recipients, consuming a unit of the
+/// [`deliver`] (skipping `have_it`: subscribers that got this event as a
+/// replay) in steps of [`STEP`] recipients, consuming a unit of the
 /// task's budget after each one (and after a smaller remainder), so the
 /// runtime can run other tasks between chunks once the budget is spent.
 /// Recipients are served in the snapshot's order, and the caller awaits
@@ -105,11 +106,18 @@ pub(super) async fn deliver_yielding(
     recipients: &[Arc<Connection>],
     frame: &Frame,
     except: Option<SocketId>,
+    have_it: &[SocketId],
     metrics: &AppMetrics,
 ) -> usize {
     let mut delivered = 0;
     for chunk in recipients.chunks(STEP) {
-        delivered += deliver(chunk, frame, except, metrics);
+        if have_it.is_empty() {
+            delivered += deliver(chunk, frame, except, metrics);
+        } else {
+            for conn in chunk.iter().filter(|c| !have_it.contains(&c.socket_id)) {
+                delivered += deliver(std::slice::from_ref(conn), frame, except, metrics);
+            }
+        }
         tokio::task::consume_budget().await;
     }
     delivered

@@ -352,3 +352,42 @@ async fn a_batch_of_broadcasts_gives_the_worker_back() {
     assert_eq!(delivered, 100_000);
     assert!(others >= 4, "another task ran {others} times during 10 events × 100 channels of 100");
 }
+
+/// Cluster: a cache subscriber missed here and asked the peers; the event
+/// reached this node live before their answer (which is the same event).
+/// It got the event live, so the answer sends nothing more.
+#[tokio::test]
+async fn a_live_event_before_the_peers_answer_is_not_replayed_again() {
+    let ns = ns();
+    let subscribed_at = std::time::Instant::now();
+    let (s, mut rs) = conn(1, 1);
+    assert!(ns.subscribe(&s, &sub("cache-x", None), true).unwrap().cache_miss);
+    let event = crate::text_frame("\"e\"".into());
+    assert_eq!(ns.fan_out("cache-x", &event, None, true).await, 1);
+    assert!(ns.finish_replay(&s, "cache-x", Some((event, std::time::Duration::ZERO)), subscribed_at));
+    let frames = drain(&mut rs);
+    assert_eq!(frames.iter().filter(|f| **f == json!("e")).count(), 1, "{frames:?}");
+}
+
+/// Cluster: the peers' answer (the event being triggered) arrives before
+/// the event itself reaches this node live: the subscriber that got it as
+/// a replay does not get it again; the others get it once, and the next
+/// event reaches everybody.
+#[tokio::test]
+async fn a_peers_answer_before_the_live_event_is_not_delivered_again() {
+    let ns = ns();
+    let (earlier, mut re) = conn(1, 1);
+    ns.subscribe(&earlier, &sub("cache-x", None), false).unwrap();
+    let subscribed_at = std::time::Instant::now();
+    let (s, mut rs) = conn(1, 2);
+    assert!(ns.subscribe(&s, &sub("cache-x", None), true).unwrap().cache_miss);
+    let event = crate::text_frame("\"e\"".into());
+    assert!(ns.finish_replay(&s, "cache-x", Some((event.clone(), std::time::Duration::ZERO)), subscribed_at));
+    assert_eq!(ns.fan_out("cache-x", &event, None, true).await, 1, "only the earlier subscriber needed it");
+    ns.fan_out("cache-x", &crate::text_frame("\"next\"".into()), None, true).await;
+    let (got_s, got_earlier) = (drain(&mut rs), drain(&mut re));
+    assert_eq!(got_s.iter().filter(|f| **f == json!("e")).count(), 1, "{got_s:?}");
+    assert_eq!(got_earlier.iter().filter(|f| **f == json!("e")).count(), 1, "{got_earlier:?}");
+    assert_eq!(got_s.last(), Some(&json!("next")));
+    assert_eq!(got_earlier.last(), Some(&json!("next")));
+}
