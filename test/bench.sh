@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-19000}; channels=${2:-1}; shift 2 || true
+# HERALD_BIN runs another server binary (a before/after comparison).
 cargo build --release -q -p herald-gateway -p herald-loadgen
-taskset -c 0 target/release/herald --log-level warn --port 6001 --metrics-port 9601 &
+taskset -c 0 "${HERALD_BIN:-target/release/herald}" --log-level warn --port 6001 --metrics-port 9601 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 sleep 1

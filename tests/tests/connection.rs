@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use herald_e2e::{data, Client, Closed, TestServer};
+use herald_e2e::{data, Client, Closed, TestServer, WAIT};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -66,6 +66,57 @@ async fn connection_quota_refuses_with_4004() {
     let _b = server.connect().await;
     let mut c = Client::open(&server.ws_url("app-key")).await;
     assert_eq!(c.expect_close().await.0, Closed::Code(4004));
+}
+
+/// Simultaneous connects cannot all pass a "count, then add" check: the
+/// quota is reserved atomically, so at most `max_connections` are admitted
+/// and every other one is refused with 4004. Every handshake request is
+/// written before any answer is read, so the server sees them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connects_cannot_exceed_the_quota() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    const MAX: usize = 3;
+    const BURST: usize = 60;
+    let server = TestServer::with(|c| c.apps[0].max_connections = MAX).await;
+    let request = format!(
+        "GET /app/app-key?protocol=7&client=js&version=8.6.0 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    let mut sockets = Vec::new();
+    for _ in 0..BURST {
+        sockets.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    for socket in &mut sockets {
+        socket.write_all(request.as_bytes()).await.unwrap();
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for mut socket in sockets {
+        // The 101 response, byte by byte so no frame is read past it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tokio::time::timeout(WAIT, socket.read_u8()).await.expect("101 in time").unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        let mut ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
+        let first = tokio::time::timeout(WAIT, ws.next()).await.expect("a first frame").unwrap().unwrap();
+        let first: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        match first["event"].as_str() {
+            Some("pusher:connection_established") => admitted.push(ws),
+            Some("pusher:error") => {
+                assert_eq!(data(&first)["code"], 4004, "{first}");
+                refused += 1;
+            }
+            _ => panic!("unexpected first frame {first}"),
+        }
+    }
+    assert_eq!(admitted.len(), MAX, "admitted past the quota of {MAX}");
+    assert_eq!(refused, BURST - MAX);
 }
 
 #[tokio::test]

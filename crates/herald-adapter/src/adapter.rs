@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::connection::{Connection, Frame};
 use crate::fabric::FabricError;
-use crate::local::{Departure, PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome};
+use crate::local::{Departure, OverQuota, PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome};
 
 /// Why an adapter operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,8 @@ pub enum AdapterError {
     UnknownApp(String),
     #[error(transparent)]
     PresenceFull(#[from] PresenceFull),
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
     /// The fabric was unreachable; nothing was done.
     #[error(transparent)]
     Fabric(#[from] FabricError),
@@ -74,8 +76,12 @@ pub trait Adapter: Send + Sync + 'static {
         true
     }
 
-    /// Registers a new connection of this node.
-    fn add_connection(&self, app_id: &str, conn: Arc<Connection>) -> Result<(), AdapterError>;
+    /// Registers a new connection of this node, unless the app already has
+    /// `max_connections` open (0: no limit). The check and the insert are
+    /// one step under the node's socket lock, so a burst of simultaneous
+    /// connects cannot overshoot the quota here (peers' connections count
+    /// as of their last heartbeat).
+    fn add_connection(&self, app_id: &str, conn: Arc<Connection>, max_connections: usize) -> Result<(), AdapterError>;
 
     /// Open connections of the app across the cluster (peers' counts as of
     /// their last heartbeat).

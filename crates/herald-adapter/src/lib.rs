@@ -22,8 +22,9 @@ pub use connection::{Connection, Frame, SendOutcome, SignedIn};
 pub use fabric::{ClusterAdapter, ClusterConfig};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use local::{
-    send_counted, CacheSettings, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, PresenceFull,
-    SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture, DEFAULT_CACHE_CHANNELS, DEFAULT_CACHE_TTL,
+    send_counted, CacheSettings, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, OverQuota,
+    PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture, DEFAULT_CACHE_CHANNELS,
+    DEFAULT_CACHE_TTL,
 };
 pub use replica::{Change, NodeAppState, NodeId, Replica, SingleNode};
 

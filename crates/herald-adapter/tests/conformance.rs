@@ -28,8 +28,8 @@ use herald_adapter::nats::{NatsConfig, NatsTransport};
 use herald_adapter::redis::{RedisConfig, RedisTransport};
 use herald_adapter::redis_cluster::{RedisClusterConfig, RedisClusterTransport, PARTITIONS};
 use herald_adapter::{
-    Adapter, ClusterAdapter, ClusterConfig, Connection, Departure, Frame, Lifecycle, LocalAdapter, NamespaceSpec,
-    SignInOutcome, SubscribeOutcome, Subscription, UnsubscribeOutcome,
+    Adapter, AdapterError, ClusterAdapter, ClusterConfig, Connection, Departure, Frame, Lifecycle, LocalAdapter,
+    NamespaceSpec, SignInOutcome, SubscribeOutcome, Subscription, UnsubscribeOutcome,
 };
 use herald_metrics::Metrics;
 use herald_protocol::presence::PresenceMember;
@@ -364,7 +364,7 @@ struct Client {
 impl Client {
     fn on(adapter: Arc<dyn Adapter>, major: u64, minor: u64) -> Client {
         let (conn, rx) = Connection::new(SocketId { major, minor }, 64);
-        adapter.add_connection(APP, conn.clone()).unwrap();
+        adapter.add_connection(APP, conn.clone(), 0).unwrap();
         Client { adapter, conn, rx }
     }
 
@@ -804,6 +804,14 @@ async fn watchlists_and_termination_span_nodes(nodes: &Nodes) {
     nodes.client(0).sign_in("y", &[]).await;
     assert_eq!(watcher.expect("pusher_internal:watchlist_events", None).await, watch_event("online", "y"));
     nodes.sync_from(0).await;
+    // u signs in again as u on its last connection (node 1): no watcher
+    // hears anything (no offline/online flicker). Positive control: v signs
+    // in on node 1 after it, and a watcher of u and v hears v's online next.
+    let mut watcher2 = nodes.client(2);
+    watcher2.sign_in("w3", &["u", "v"]).await;
+    assert!(!u1.sign_in("u", &["x"]).await.came_online);
+    nodes.client(1).sign_in("v", &[]).await;
+    assert_eq!(watcher2.expect("pusher_internal:watchlist_events", None).await, watch_event("online", "v"));
     // Its last connection goes: offline, once.
     let departure = u1.leave().await.user.unwrap();
     assert_eq!((&*departure.user_id, departure.went_offline), ("u", true));
@@ -914,6 +922,18 @@ async fn connection_counts_are_cluster_totals(nodes: &Nodes) {
         c.leave().await;
     }
     nodes.agree("connection_count", 3, async |n| n.connection_count(APP).unwrap()).await;
+    // The quota counts every node's connections: with 3 open and a quota
+    // of 4, node 1 admits one more, and then no node admits another.
+    let quota = 4;
+    let (extra, _rx) = Connection::new(SocketId { major: 99, minor: 0 }, 8);
+    nodes.adapters[1].add_connection(APP, extra, quota).unwrap();
+    nodes.agree("connection_count", 4, async |n| n.connection_count(APP).unwrap()).await;
+    for (i, node) in nodes.adapters.iter().enumerate() {
+        let (conn, _rx) = Connection::new(SocketId { major: 99, minor: i as u64 + 1 }, 8);
+        let refused = node.add_connection(APP, conn, quota);
+        assert!(matches!(refused, Err(AdapterError::OverQuota(_))), "node {i} admitted a 5th connection: {refused:?}");
+    }
+    nodes.agree("connection_count", 4, async |n| n.connection_count(APP).unwrap()).await;
 }
 
 // ---------------------------------------------------------------------------

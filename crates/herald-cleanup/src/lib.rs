@@ -271,7 +271,7 @@ mod tests {
         let request = Subscription { channel: "c".into(), member: None, max_members: 100, is_cache: false };
         for i in 0..n {
             let (conn, rx) = Connection::new(SocketId { major: 9, minor: i }, 8);
-            adapter.add_connection("app", conn.clone()).unwrap();
+            adapter.add_connection("app", conn.clone(), 0).unwrap();
             adapter.subscribe("app", &conn, request.clone()).await.unwrap();
             conns.push((conn, rx));
         }

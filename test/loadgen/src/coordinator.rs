@@ -39,6 +39,15 @@ struct Report {
     round_completion_ms: Percentiles,
     server: Option<ServerCost>,
     churn: Option<Churn>,
+    ping_probe: Option<PingProbe>,
+}
+
+#[derive(Serialize)]
+struct PingProbe {
+    interval_ms: u64,
+    pings: u64,
+    lost: u64,
+    rtt_us: Percentiles,
 }
 
 #[derive(Serialize)]
@@ -187,7 +196,34 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             churn_newcomer_ms: ms(&during),
         });
     } else if args.broadcast {
-        sent_ns = broadcast(&args).await?;
+        let probe = (args.ping_probe_ms > 0).then(|| {
+            let url = format!(
+                "{}/app/{}?protocol=7&client=herald-loadgen-probe&version=0.1",
+                args.url[0].trim_end_matches('/'),
+                args.app_key
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(crate::probe::run(url, Duration::from_millis(args.ping_probe_ms), stopped));
+            (stop, task)
+        });
+        let sent = broadcast(&args).await;
+        if let Some((stop, task)) = probe {
+            let _ = stop.send(());
+            let probe = task.await.map_err(|e| e.to_string())??;
+            let h = &probe.rtt;
+            report.ping_probe = Some(PingProbe {
+                interval_ms: args.ping_probe_ms,
+                pings: h.total(),
+                lost: probe.lost,
+                rtt_us: Percentiles {
+                    p50: h.quantile(0.5) as f64,
+                    p95: h.quantile(0.95) as f64,
+                    p99: h.quantile(0.99) as f64,
+                    max: h.max_us as f64,
+                },
+            });
+        }
+        sent_ns = sent?;
         tokio::time::sleep(Duration::from_millis(args.drain_ms)).await;
         after_broadcast = args.server_pid.and_then(procstat::sample);
     }
@@ -372,6 +408,13 @@ fn print_human(r: &Report) {
             c.departures, c.cleaned_ms, c.newcomers,
             c.churn_newcomer_ms.p50, c.churn_newcomer_ms.p99, c.churn_newcomer_ms.max,
             c.idle_newcomer_ms.p50, c.idle_newcomer_ms.p99, c.idle_newcomer_ms.max
+        );
+    }
+    if let Some(p) = &r.ping_probe {
+        let l = &p.rtt_us;
+        println!(
+            "ping probe (idle connection, every {} ms): {} pongs, {} lost; round trip µs p50 {} p95 {} p99 {} max {}",
+            p.interval_ms, p.pings, p.lost, l.p50, l.p95, l.p99, l.max
         );
     }
     if let Some(s) = &r.server {

@@ -11,6 +11,7 @@
 mod coordinator;
 mod floor;
 mod hist;
+mod probe;
 mod procstat;
 mod worker;
 
@@ -101,6 +102,11 @@ pub struct RunArgs {
     /// (against the same newcomers on the idle server before). Skips broadcasts.
     #[arg(long, default_value_t = 0)]
     pub churn: usize,
+    /// Ping probe: while the broadcasts run, one extra idle connection sends
+    /// `pusher:ping` every this many milliseconds and the report gives the
+    /// pong round trip's percentiles (0: no probe).
+    #[arg(long, default_value_t = 0)]
+    pub ping_probe_ms: u64,
     /// PID of the server, to sample its CPU time and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,

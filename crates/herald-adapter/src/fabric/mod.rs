@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_metrics::NodeMetrics;
-use herald_protocol::{message, SocketId};
+use herald_protocol::SocketId;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -301,9 +301,10 @@ impl Inner {
         Ok(gathered.answers)
     }
 
-    /// Handles one message from the fabric. Never waits: replies go to
-    /// the publisher's queue.
-    fn handle(&self, message: Bytes) {
+    /// Handles one message from the fabric. Never waits on the fabric:
+    /// replies go to the publisher's queue; an event's fan-out only gives
+    /// the worker back between chunks of recipients.
+    async fn handle(&self, message: Bytes) {
         self.metrics.fabric_messages_in.increment(1);
         let (body, payload) = match decode(&message) {
             Ok(decoded) => decoded,
@@ -334,10 +335,8 @@ impl Inner {
                     return;
                 }
                 let frame = Frame::Text(text);
-                if cache {
-                    ns.set_cached(&channel, frame.clone());
-                }
-                ns.broadcast(&channel, &frame, except.and_then(|s| s.parse().ok()));
+                let except = except.and_then(|s| s.parse().ok());
+                ns.fan_out(&channel, &frame, except, cache).await;
             }
             Body::Change { n, seq, app, change } if n != me => {
                 let node: NodeId = n.into();
@@ -449,7 +448,7 @@ async fn receive(inner: Arc<Inner>, mut queue: mpsc::Receiver<Bytes>, stop: Canc
     loop {
         tokio::select! {
             message = queue.recv() => match message {
-                Some(message) => inner.handle(message),
+                Some(message) => inner.handle(message).await,
                 None => break,
             },
             _ = stop.cancelled() => break,
@@ -582,8 +581,11 @@ impl Adapter for ClusterAdapter {
         self.inner.link_up() && !self.inner.core.warming()
     }
 
-    fn add_connection(&self, app_id: &str, conn: Arc<Connection>) -> Result<(), AdapterError> {
-        self.inner.local.add_connection(app_id, conn)
+    fn add_connection(&self, app_id: &str, conn: Arc<Connection>, max_connections: usize) -> Result<(), AdapterError> {
+        // The peers' counts are read first: the peers mutex is never taken
+        // under a namespace lock it does not need.
+        let elsewhere = if max_connections > 0 { self.inner.core.peers.connections(app_id) } else { 0 };
+        Ok(self.inner.local.ns(app_id)?.add_connection(conn, max_connections, elsewhere)?)
     }
 
     fn connection_count(&self, app_id: &str) -> Result<usize, AdapterError> {
@@ -734,22 +736,9 @@ impl ClusterAdapter {
             })
             .filter(|(_, payload)| !payload.is_empty())
             .min_by_key(|(age, _)| *age);
-        let event = match youngest.and_then(|(age, p)| Some((age, Utf8Bytes::try_from(p).ok()?))) {
-            Some((age, text)) => Some(ns.set_replayed(channel, Frame::Text(text), Duration::from_millis(age))),
-            None => ns.cached(channel),
-        };
-        match event {
-            // Triggered live after this subscription: it was delivered to it.
-            Some(event) if !event.replayed && event.stored >= subscribed_at => true,
-            Some(event) => {
-                ns.send_to(conn, event.frame);
-                true
-            }
-            None => {
-                ns.send_to(conn, crate::text_frame(message::cache_miss(channel)));
-                false
-            }
-        }
+        let answer =
+            youngest.and_then(|(age, p)| Some((Frame::Text(Utf8Bytes::try_from(p).ok()?), Duration::from_millis(age))));
+        ns.finish_replay(conn, channel, answer, subscribed_at)
     }
 }
 

@@ -12,10 +12,11 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_protocol::{message, SocketId};
 use lru::LruCache;
 
 use super::Namespace;
-use crate::connection::Frame;
+use crate::connection::{Connection, Frame};
 
 /// How long a cache channel keeps its last event unless configured.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -46,6 +47,9 @@ pub struct CachedEvent {
     pub stored: Instant,
     /// Taken from a peer on a miss, not delivered here live.
     pub replayed: bool,
+    /// A replayed event: the subscribers it was replayed to on a deferred
+    /// miss. If the same event then arrives live, they have it already.
+    pub replayed_to: Vec<SocketId>,
 }
 
 /// One app's cache channels, bounded by count and age.
@@ -81,6 +85,18 @@ impl Cache {
         }
     }
 
+    /// The unexpired event of `channel`, to update in place (not a write:
+    /// its place in the eviction order stays).
+    fn get_mut(&mut self, channel: &str, now: Instant) -> Option<&mut CachedEvent> {
+        let fresh = self.fresh(self.entries.peek(channel)?, now);
+        if fresh {
+            self.entries.peek_mut(channel)
+        } else {
+            self.entries.pop(channel);
+            None
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
@@ -90,8 +106,26 @@ impl Cache {
 impl Namespace {
     /// Stores the last event of a cache channel.
     pub fn set_cached(&self, channel: &str, frame: Frame) {
-        let event = CachedEvent { frame, stored: Instant::now(), replayed: false };
+        let event = CachedEvent { frame, stored: Instant::now(), replayed: false, replayed_to: Vec::new() };
         self.cache.lock().put(channel, event);
+    }
+
+    /// Stores an event delivered here live; returns the subscribers that
+    /// already got this very event as a peer's replay (the event replaced
+    /// is a replay with the same bytes), who must not get it twice. A later
+    /// event identical byte for byte to a replay is taken for the replayed
+    /// one: Pusher events carry no id, and a cache channel's subscriber
+    /// missing an exact repeat of the state it just got is the lesser harm.
+    pub(super) fn store_live(&self, channel: &str, frame: &Frame) -> Vec<SocketId> {
+        let now = Instant::now();
+        let event = CachedEvent { frame: frame.clone(), stored: now, replayed: false, replayed_to: Vec::new() };
+        let mut cache = self.cache.lock();
+        let had = match cache.get_mut(channel, now) {
+            Some(e) if e.replayed && e.frame == *frame => std::mem::take(&mut e.replayed_to),
+            _ => Vec::new(),
+        };
+        cache.put(channel, event);
+        had
     }
 
     /// Stores an event a peer had, `age` old, unless a newer one is here
@@ -105,9 +139,54 @@ impl Namespace {
                 return existing;
             }
         }
-        let event = CachedEvent { frame, stored, replayed: true };
+        let event = CachedEvent { frame, stored, replayed: true, replayed_to: Vec::new() };
         cache.put(channel, event.clone());
         event
+    }
+
+    /// Ends a deferred cache miss of `conn`, subscribed at `subscribed_at`:
+    /// stores the peers' `answer` (unless a newer event is here) and sends
+    /// `conn` the channel's last event — unless one was triggered live here
+    /// since the subscription (then it was delivered live) — or
+    /// `cache_miss`. A replay is remembered on the cached event, so the
+    /// same event arriving live afterwards skips `conn`.
+    /// Decided and queued under the channel's lock, the lock a live event
+    /// is stored and its recipients chosen under, so a replay never follows
+    /// a newer live event. Returns whether `conn` got an event.
+    pub fn finish_replay(
+        &self,
+        conn: &Connection,
+        channel: &str,
+        answer: Option<(Frame, Duration)>,
+        subscribed_at: Instant,
+    ) -> bool {
+        let _channel = self.channels.lock(channel);
+        // Triggered live here after this subscription: it was delivered to
+        // it, whatever the peers answered (perhaps that very event).
+        if self.cached(channel).is_some_and(|e| !e.replayed && e.stored >= subscribed_at) {
+            return true;
+        }
+        let event = match answer {
+            Some((frame, age)) => Some(self.set_replayed(channel, frame, age)),
+            None => self.cached(channel),
+        };
+        match event {
+            // Triggered live after this subscription: it was delivered to it.
+            Some(event) if !event.replayed && event.stored >= subscribed_at => true,
+            Some(event) => {
+                if event.replayed {
+                    if let Some(e) = self.cache.lock().get_mut(channel, Instant::now()) {
+                        e.replayed_to.push(conn.socket_id);
+                    }
+                }
+                self.send_to(conn, event.frame);
+                true
+            }
+            None => {
+                self.send_to(conn, crate::text_frame(message::cache_miss(channel)));
+                false
+            }
+        }
     }
 
     /// The last event of a cache channel, if it has not expired.
@@ -121,7 +200,7 @@ mod tests {
     use super::*;
 
     fn event(text: &str, stored: Instant) -> CachedEvent {
-        CachedEvent { frame: Frame::Text(text.into()), stored, replayed: false }
+        CachedEvent { frame: Frame::Text(text.into()), stored, replayed: false, replayed_to: Vec::new() }
     }
 
     fn text(event: &CachedEvent) -> String {

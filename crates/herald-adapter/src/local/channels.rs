@@ -5,7 +5,7 @@
 //!
 //! A cluster-wide transition is detected where it happens — a local
 //! subscribe or leave, or a peer's change applied here — and reacted to at
-//! once, still under the `channels` lock so reactions keep their order:
+//! once, still under the channel's shard of `channels`, so reactions keep their order:
 //! `member_added` / `member_removed` frames to this node's subscribers, and
 //! the webhook if this node is the channel's announcer.
 
@@ -17,13 +17,14 @@ use herald_protocol::SocketId;
 use serde_json::Value;
 
 use super::delivery::deliver;
+use super::shards::{Shards, SHARDS};
 use super::Namespace;
 use crate::adapter::{ChannelSummary, Subscription};
 use crate::connection::{Connection, Frame};
 use crate::replica::{Change, NodeAppState, NodeId};
 
 #[derive(Default)]
-pub(super) struct Channel {
+pub(crate) struct Channel {
     /// This node's subscribers.
     subscribers: HashMap<SocketId, Arc<Connection>>,
     /// Subscribers as a shared slice, rebuilt lazily after a change, so
@@ -121,7 +122,7 @@ impl Namespace {
     ) -> Result<SubscribeOutcome, PresenceFull> {
         let channel = request.channel.as_str();
         let member = request.member.as_ref();
-        let mut channels = self.channels.lock();
+        let mut channels = self.channels.lock(channel);
         let mut outcome = SubscribeOutcome::default();
         let name: Arc<str> = match channels.get_key_value(channel) {
             Some((name, _)) => name.clone(),
@@ -228,7 +229,7 @@ impl Namespace {
         if !conn.leave(channel) {
             return None;
         }
-        let mut channels = self.channels.lock();
+        let mut channels = self.channels.lock(channel);
         Some(self.remove_from_channel(&mut channels, conn.socket_id, channel))
     }
 
@@ -274,7 +275,14 @@ impl Namespace {
 
     /// Applies a peer's channel change (see [`Namespace::apply_remote`]).
     pub(super) fn apply_remote_channel(&self, node: &NodeId, change: &Change, quiet: bool) {
-        let mut channels = self.channels.lock();
+        let channel = match change {
+            Change::Occupied { channel }
+            | Change::Vacated { channel }
+            | Change::MemberJoined { channel, .. }
+            | Change::MemberLeft { channel, .. } => channel,
+            Change::UserOnline { .. } | Change::UserOffline { .. } => return,
+        };
+        let mut channels = self.channels.lock(channel);
         match change {
             Change::Occupied { channel } => {
                 self.remote_occupied(&mut channels, node, channel, quiet);
@@ -338,35 +346,43 @@ impl Namespace {
     pub(super) fn replace_remote_channels(&self, node: &NodeId, state: &NodeAppState, quiet: bool) {
         let wanted: HashSet<&str> =
             state.occupied.iter().map(String::as_str).chain(state.members.keys().map(String::as_str)).collect();
-        let mut channels = self.channels.lock();
-        let known: Vec<Arc<str>> =
-            channels.iter().filter(|(_, c)| c.remote.contains_key(node)).map(|(name, _)| name.clone()).collect();
-        for name in &known {
-            if !wanted.contains(&**name) {
-                self.remote_vacated(&mut channels, node, name, quiet);
-            }
-        }
+        let mut by_shard: Vec<Vec<&str>> = vec![Vec::new(); SHARDS];
         for name in &wanted {
-            let state_here = self.remote_occupied(&mut channels, node, name, quiet);
-            let members = state.members.get(*name);
-            let gone: Vec<Arc<str>> = state_here
-                .remote
-                .get(node)
-                .map(|m| m.keys().filter(|u| !members.is_some_and(|n| n.contains_key(&***u))).cloned().collect())
-                .unwrap_or_default();
-            for user_id in gone {
-                if let Some(m) = state_here.remote.get_mut(node) {
-                    m.remove(&user_id);
-                }
-                if !state_here.has_member(&user_id) {
-                    self.member_removed(state_here, name, &user_id, quiet);
+            by_shard[Shards::index(name)].push(name);
+        }
+        // One shard at a time: a snapshot of a busy node does not stall the
+        // app's other channels while it is applied.
+        for (i, names) in by_shard.iter().enumerate() {
+            let mut channels = self.channels.lock_index(i);
+            let known: Vec<Arc<str>> =
+                channels.iter().filter(|(_, c)| c.remote.contains_key(node)).map(|(name, _)| name.clone()).collect();
+            for name in &known {
+                if !wanted.contains(&**name) {
+                    self.remote_vacated(&mut channels, node, name, quiet);
                 }
             }
-            for (user_id, info) in members.into_iter().flatten() {
-                let is_new = !state_here.has_member(user_id);
-                state_here.remote.entry(node.clone()).or_default().insert(user_id.as_str().into(), info.clone());
-                if is_new {
-                    self.member_added(state_here, name, user_id, info, None, quiet);
+            for name in names {
+                let state_here = self.remote_occupied(&mut channels, node, name, quiet);
+                let members = state.members.get(*name);
+                let gone: Vec<Arc<str>> = state_here
+                    .remote
+                    .get(node)
+                    .map(|m| m.keys().filter(|u| !members.is_some_and(|n| n.contains_key(&***u))).cloned().collect())
+                    .unwrap_or_default();
+                for user_id in gone {
+                    if let Some(m) = state_here.remote.get_mut(node) {
+                        m.remove(&user_id);
+                    }
+                    if !state_here.has_member(&user_id) {
+                        self.member_removed(state_here, name, &user_id, quiet);
+                    }
+                }
+                for (user_id, info) in members.into_iter().flatten() {
+                    let is_new = !state_here.has_member(user_id);
+                    state_here.remote.entry(node.clone()).or_default().insert(user_id.as_str().into(), info.clone());
+                    if is_new {
+                        self.member_added(state_here, name, user_id, info, None, quiet);
+                    }
                 }
             }
         }
@@ -374,30 +390,32 @@ impl Namespace {
 
     /// This node's part of every channel, for a snapshot.
     pub(super) fn fill_channel_state(&self, out: &mut NodeAppState) {
-        let channels = self.channels.lock();
-        for (name, c) in channels.iter().filter(|(_, c)| !c.subscribers.is_empty()) {
-            out.occupied.push(name.to_string());
-            if !c.members.is_empty() {
-                let members = c.members.iter().map(|(id, m)| (id.to_string(), m.info.clone())).collect();
-                out.members.insert(name.to_string(), members);
+        for shard in self.channels.all() {
+            let channels = shard.lock();
+            for (name, c) in channels.iter().filter(|(_, c)| !c.subscribers.is_empty()) {
+                out.occupied.push(name.to_string());
+                if !c.members.is_empty() {
+                    let members = c.members.iter().map(|(id, m)| (id.to_string(), m.info.clone())).collect();
+                    out.members.insert(name.to_string(), members);
+                }
             }
         }
     }
 
     /// Local subscriptions to `channel`.
     pub fn subscription_count(&self, channel: &str) -> usize {
-        self.channels.lock().get(channel).map_or(0, |c| c.subscribers.len())
+        self.channels.lock(channel).get(channel).map_or(0, |c| c.subscribers.len())
     }
 
     /// Distinct presence members of `channel` in the cluster.
     pub fn user_count(&self, channel: &str) -> usize {
-        self.channels.lock().get(channel).map_or(0, |c| c.user_count())
+        self.channels.lock(channel).get(channel).map_or(0, |c| c.user_count())
     }
 
     /// A presence channel's members in the cluster: (user id, user info).
     pub fn members(&self, channel: &str) -> Vec<(String, Value)> {
         self.channels
-            .lock()
+            .lock(channel)
             .get(channel)
             .map(|c| c.all_members().into_iter().map(|(id, info)| (id.to_string(), info.clone())).collect())
             .unwrap_or_default()
@@ -405,23 +423,27 @@ impl Namespace {
 
     /// Channels with local subscribers: (name, local subscriptions).
     pub fn local_channels(&self) -> Vec<(String, usize)> {
-        self.channels
-            .lock()
-            .iter()
-            .filter(|(_, c)| !c.subscribers.is_empty())
-            .map(|(name, c)| (name.to_string(), c.subscribers.len()))
-            .collect()
+        let mut out = Vec::new();
+        for shard in self.channels.all() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(_, c)| !c.subscribers.is_empty())
+                    .map(|(name, c)| (name.to_string(), c.subscribers.len())),
+            );
+        }
+        out
     }
 
     /// The REST view of channels given their subscription counts (local, or
     /// summed over the cluster): `user_count` from the replicated presence,
-    /// under one lock for the whole list.
+    /// one shard lock at a time.
     pub fn summarize(&self, counts: impl IntoIterator<Item = (String, usize)>) -> Vec<ChannelSummary> {
-        let channels = self.channels.lock();
         counts
             .into_iter()
             .map(|(name, subscription_count)| {
-                let user_count = channels.get(name.as_str()).map_or(0, |c| c.user_count());
+                let user_count = self.user_count(&name);
                 ChannelSummary { name, subscription_count, user_count }
             })
             .collect()
@@ -429,6 +451,10 @@ impl Namespace {
 
     /// Channels occupied anywhere in the cluster, as far as this node knows.
     pub fn known_channels(&self) -> Vec<String> {
-        self.channels.lock().keys().map(|k| k.to_string()).collect()
+        let mut out = Vec::new();
+        for shard in self.channels.all() {
+            out.extend(shard.lock().keys().map(|k| k.to_string()));
+        }
+        out
     }
 }

@@ -1,10 +1,12 @@
 //! How a frame reaches this node's connections: one shared frame, a
 //! non-blocking `try_send` into each recipient's bounded queue, one batched
 //! metrics count per broadcast. The subscriber list is a snapshot taken
-//! under the `channels` lock and sent to after it is released; a full queue
+//! under the channel's shard lock and sent to after it is released; a full queue
 //! cuts that connection off (4100) instead of slowing anyone else. (This
 //! measured better than a per-recipient `buffer_unordered` stream: see
-//! docs/architecture.md.)
+//! docs/architecture.md.) Broadcasts go in steps that consume the task's
+//! cooperative budget, so a large fan-out yields its worker every few
+//! thousand recipients.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,14 +18,46 @@ use super::Namespace;
 use crate::connection::{Connection, Frame, SendOutcome};
 
 impl Namespace {
-    /// Queues `frame` to every local subscriber of `channel` except `except`.
+    /// Queues `frame` to every local subscriber of `channel` except `except`,
+    /// in one go without yielding (benchmarks and tests; the adapters use
+    /// [`Namespace::fan_out`]).
     pub fn broadcast(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
         let started = Instant::now();
-        let snapshot = match self.channels.lock().get_mut(channel) {
+        let snapshot = match self.channels.lock(channel).get_mut(channel) {
             Some(state) => state.snapshot(),
             None => return 0,
         };
         let delivered = deliver(&snapshot, frame, except, &self.metrics);
+        self.metrics.delivered(delivered as u64, frame.len());
+        self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
+        delivered
+    }
+
+    /// Queues `frame` to every local subscriber of `channel` except
+    /// `except`, giving the runtime worker back every [`STEP`] × 128
+    /// recipients at most (see [`deliver_yielding`]): a 19,000-subscriber
+    /// fan-out, or a REST batch of a thousand broadcasts, no longer holds
+    /// one worker while other connections' reads and pings wait.
+    ///
+    /// With `remember` the frame is also stored as the cache channel's last
+    /// event. It is stored and the recipients chosen under the channel's
+    /// lock — the lock a subscriber's replay is decided under — so a
+    /// subscriber arriving meanwhile either is a recipient or replays this
+    /// event: once, never twice or not at all. (In a cluster, subscribers
+    /// that got this very event as a peer's replay on a deferred miss are
+    /// skipped.) Nothing is locked while the frame is queued (the
+    /// recipients are the channel's shared snapshot).
+    pub async fn fan_out(&self, channel: &str, frame: &Frame, except: Option<SocketId>, remember: bool) -> usize {
+        let started = Instant::now();
+        let (snapshot, have_it) = {
+            let mut channels = self.channels.lock(channel);
+            let have_it = if remember { self.store_live(channel, frame) } else { Vec::new() };
+            match channels.get_mut(channel) {
+                Some(state) => (state.snapshot(), have_it),
+                None => return 0,
+            }
+        };
+        let delivered = deliver_yielding(&snapshot, frame, except, &have_it, &self.metrics).await;
         self.metrics.delivered(delivered as u64, frame.len());
         self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
         delivered
@@ -53,6 +87,40 @@ pub fn send_counted(conn: &Connection, frame: Frame, metrics: &AppMetrics) -> Se
         SendOutcome::Closed => {}
     }
     outcome
+}
+
+/// Recipients queued per unit of the task's cooperative budget. Tokio gives
+/// a task 128 units per poll, so a task fanning out yields its worker after
+/// at most 128 × 32 = 4,096 recipients — across consecutive broadcasts of
+/// one REST batch too — about a millisecond of `try_send`s.
+pub(crate) const STEP: usize = 32;
+
+/// [`deliver`] (skipping `have_it`: subscribers that got this event as a
+/// replay) in steps of [`STEP`] recipients, consuming a unit of the
+/// task's budget after each one (and after a smaller remainder), so the
+/// runtime can run other tasks between chunks once the budget is spent.
+/// Recipients are served in the snapshot's order, and the caller awaits
+/// the whole fan-out, so consecutive broadcasts keep their order on every
+/// connection.
+pub(super) async fn deliver_yielding(
+    recipients: &[Arc<Connection>],
+    frame: &Frame,
+    except: Option<SocketId>,
+    have_it: &[SocketId],
+    metrics: &AppMetrics,
+) -> usize {
+    let mut delivered = 0;
+    for chunk in recipients.chunks(STEP) {
+        if have_it.is_empty() {
+            delivered += deliver(chunk, frame, except, metrics);
+        } else {
+            for conn in chunk.iter().filter(|c| !have_it.contains(&c.socket_id)) {
+                delivered += deliver(std::slice::from_ref(conn), frame, except, metrics);
+            }
+        }
+        tokio::task::consume_budget().await;
+    }
+    delivered
 }
 
 /// Enqueues one shared frame per recipient; returns how many were queued.

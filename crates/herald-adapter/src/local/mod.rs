@@ -10,12 +10,17 @@
 //! the same code for one node or twenty.
 //!
 //! Locks are `parking_lot` mutexes held for map updates only — never across
-//! an `.await` and never while a channel broadcast sends. Lock order when
-//! nested: `channels` → `cache` → `users` → a connection's own state.
+//! an `.await` and never while a channel broadcast sends. `channels` is
+//! sharded by channel name (`shards`); one shard at a time is held. Lock
+//! order when nested: a channel shard → `cache` → `users` → a connection's
+//! own state.
 
 mod cache;
 mod channels;
 mod delivery;
+#[cfg(test)]
+mod races;
+mod shards;
 mod sockets;
 mod users;
 
@@ -31,6 +36,7 @@ use serde_json::Value;
 pub use cache::{CacheSettings, CachedEvent, DEFAULT_CACHE_CHANNELS, DEFAULT_CACHE_TTL};
 pub use channels::{PresenceFull, SubscribeOutcome, UnsubscribeOutcome};
 pub use delivery::send_counted;
+pub use sockets::OverQuota;
 pub use users::{SignInOutcome, UserDeparture};
 
 use crate::adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
@@ -45,7 +51,7 @@ pub struct Namespace {
     lifecycle: Arc<dyn Lifecycle>,
     replica: Arc<dyn Replica>,
     sockets: Mutex<HashMap<SocketId, Arc<Connection>>>,
-    channels: Mutex<HashMap<Arc<str>, channels::Channel>>,
+    channels: shards::Shards,
     users: Mutex<users::Users>,
     cache: Mutex<cache::Cache>,
 }
@@ -75,7 +81,7 @@ impl Namespace {
             lifecycle,
             replica,
             sockets: Mutex::default(),
-            channels: Mutex::default(),
+            channels: shards::Shards::default(),
             users: Mutex::default(),
             cache: Mutex::new(cache::Cache::new(CacheSettings::default())),
         }
@@ -180,9 +186,8 @@ impl Adapter for LocalAdapter {
         "local"
     }
 
-    fn add_connection(&self, app_id: &str, conn: Arc<Connection>) -> Result<(), AdapterError> {
-        self.ns(app_id)?.add_connection(conn);
-        Ok(())
+    fn add_connection(&self, app_id: &str, conn: Arc<Connection>, max_connections: usize) -> Result<(), AdapterError> {
+        Ok(self.ns(app_id)?.add_connection(conn, max_connections, 0)?)
     }
 
     fn connection_count(&self, app_id: &str) -> Result<usize, AdapterError> {
@@ -234,11 +239,7 @@ impl Adapter for LocalAdapter {
         except: Option<SocketId>,
         remember: bool,
     ) -> Result<usize, AdapterError> {
-        let ns = self.ns(app_id)?;
-        if remember {
-            ns.set_cached(channel, frame.clone());
-        }
-        Ok(ns.broadcast(channel, &frame, except))
+        Ok(self.ns(app_id)?.fan_out(channel, &frame, except, remember).await)
     }
 
     async fn broadcast_local(
@@ -248,7 +249,7 @@ impl Adapter for LocalAdapter {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<usize, AdapterError> {
-        Ok(self.ns(app_id)?.broadcast(channel, &frame, except))
+        Ok(self.ns(app_id)?.fan_out(channel, &frame, except, false).await)
     }
 
     async fn subscription_count(&self, app_id: &str, channel: &str) -> Result<usize, AdapterError> {
@@ -480,6 +481,21 @@ mod tests {
                 Change::Vacated { channel: "presence-x".into() },
                 Change::UserOffline { user_id: "a".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn re_signing_in_tells_the_peers_only_what_changed() {
+        let (ns, rec, _) = recorded();
+        let (a, _r) = conn(1);
+        ns.sign_in(&a, "u", &[]);
+        rec.0.lock().clear();
+        ns.sign_in(&a, "u", &["x".to_string()]);
+        assert_eq!(*rec.0.lock(), vec![], "the same user again is no change");
+        ns.sign_in(&a, "v", &[]);
+        assert_eq!(
+            *rec.0.lock(),
+            vec![Change::UserOffline { user_id: "u".into() }, Change::UserOnline { user_id: "v".into() }]
         );
     }
 

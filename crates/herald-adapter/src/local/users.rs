@@ -63,15 +63,25 @@ fn watch_frame(event: WatchlistEvent, user_id: &str) -> Frame {
 }
 
 impl Namespace {
-    /// Records a sign-in. A connection signs in once; a second sign-in
-    /// replaces the first.
+    /// Records a sign-in. A second sign-in on the same connection replaces
+    /// the first in the same critical section: as another user, the old one
+    /// goes `offline` for its watchers (if it was its last connection) before
+    /// the new one comes `online`; as the same user, only the watchlist
+    /// changes and watchers hear nothing.
     pub fn sign_in(&self, conn: &Arc<Connection>, user_id: &str, watchlist: &[String]) -> SignInOutcome {
         let user =
             SignedIn { user_id: user_id.into(), watchlist: watchlist.iter().map(|w| Arc::from(w.as_str())).collect() };
-        if let Some(previous) = conn.set_user(user.clone()) {
-            self.remove_user(conn.socket_id, previous);
-        }
         let mut users = self.users.lock();
+        // Lock order: `users` → the connection's state.
+        match conn.set_user(user.clone()) {
+            Some(previous) if previous.user_id == user.user_id => {
+                Self::unwatch(&mut users, conn.socket_id, &previous.watchlist);
+            }
+            Some(previous) => {
+                self.remove_user_locked(&mut users, conn.socket_id, previous);
+            }
+            None => {}
+        }
         let was_online = users.online(user_id);
         let sockets = users.sockets.entry(user.user_id.clone()).or_default();
         if sockets.is_empty() {
@@ -98,8 +108,22 @@ impl Namespace {
         self.metrics.delivered(delivered as u64, frame.len());
     }
 
+    fn unwatch(users: &mut Users, socket_id: SocketId, watchlist: &[Arc<str>]) {
+        for watched in watchlist {
+            if let Some(watchers) = users.watchers.get_mut(watched) {
+                watchers.remove(&socket_id);
+                if watchers.is_empty() {
+                    users.watchers.remove(watched);
+                }
+            }
+        }
+    }
+
     pub(super) fn remove_user(&self, socket_id: SocketId, user: SignedIn) -> UserDeparture {
-        let mut users = self.users.lock();
+        self.remove_user_locked(&mut self.users.lock(), socket_id, user)
+    }
+
+    fn remove_user_locked(&self, users: &mut Users, socket_id: SocketId, user: SignedIn) -> UserDeparture {
         let mut last_here = false;
         if let Some(sockets) = users.sockets.get_mut(&user.user_id) {
             sockets.remove(&socket_id);
@@ -108,14 +132,7 @@ impl Namespace {
                 last_here = true;
             }
         }
-        for watched in &user.watchlist {
-            if let Some(watchers) = users.watchers.get_mut(watched) {
-                watchers.remove(&socket_id);
-                if watchers.is_empty() {
-                    users.watchers.remove(watched);
-                }
-            }
-        }
+        Self::unwatch(users, socket_id, &user.watchlist);
         let mut went_offline = false;
         if last_here {
             self.changed(Change::UserOffline { user_id: user.user_id.to_string() });

@@ -45,11 +45,22 @@ where
     let _open = state.drain.open();
     tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
     let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
-    if let Err(e) = state.adapter.add_connection(&app.config.id, conn.clone()) {
-        tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
-        conn.close(ErrorCode::APP_NOT_FOUND);
-        let _ = writer.await;
-        return;
+    // The quota is checked and reserved in one step (a burst of connects
+    // cannot all pass a separate count).
+    match state.adapter.add_connection(&app.config.id, conn.clone(), app.config.max_connections) {
+        Ok(()) => {}
+        Err(AdapterError::OverQuota(_)) => {
+            app.metrics.rejected(Rejection::OverConnectionQuota);
+            conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
+            let _ = writer.await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
+            conn.close(ErrorCode::APP_NOT_FOUND);
+            let _ = writer.await;
+            return;
+        }
     }
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;

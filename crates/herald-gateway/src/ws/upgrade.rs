@@ -167,11 +167,8 @@ fn admit(state: &State, key: &str, query: &str) -> Admission {
         app.metrics.rejected(Rejected::AppDisabled);
         return Admission::Refuse(ErrorCode::APP_DISABLED);
     }
-    let max = app.config.max_connections;
-    if max > 0 && state.adapter.connection_count(&app.config.id).unwrap_or(0) >= max {
-        app.metrics.rejected(Rejected::OverConnectionQuota);
-        return Admission::Refuse(ErrorCode::OVER_CONNECTION_QUOTA);
-    }
+    // The connection quota is reserved by the session (`add_connection`),
+    // atomically: a count taken here would let a burst through.
     Admission::Accept(app.clone())
 }
 
