@@ -1036,6 +1036,8 @@ mod tests {
             "request_timeout_ms",
             "heartbeat_interval_ms",
             "node_timeout_ms",
+            "http_head_timeout_ms",
+            "http_body_timeout_ms",
         ];
         let year = MAX_DURATION.as_secs();
         for (key, over) in seconds.iter().map(|k| (k, year + 1)).chain(millis.iter().map(|k| (k, year * 1000 + 1))) {
