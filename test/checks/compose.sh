@@ -3,7 +3,7 @@
 #   1. docker-compose config -q      Compose accepts the file (and the NATS override)
 #   2. check-jsonschema              both files match the Compose specification
 #   3. compose_consistency.py        nodes, HAProxy, Prometheus and Grafana agree
-#   4. haproxy -c                    if haproxy is installed
+#   4. haproxy -c                    (Debian package haproxy)
 # Installs nothing; exits non-zero on the first failing step.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -29,11 +29,8 @@ step "${COMPOSE[@]}" -f "$BASE" -f "$NATS" config -q
 step check-jsonschema --builtin-schema vendor.compose-spec "$BASE" "$NATS"
 step python3 test/checks/compose_consistency.py "$BASE"
 step python3 test/checks/compose_consistency.py "$BASE" "$NATS"
-# Optional: HAProxy's own parser, when haproxy is installed (the nodes'
-# names do not resolve outside Compose; init-addr none allows that).
-if command -v haproxy >/dev/null 2>&1; then
-    step haproxy -c -q -f deploy/haproxy/haproxy.cfg
-else
-    echo "==> haproxy -c skipped (haproxy not installed)"
-fi
+# HAProxy's own parser (the nodes' names do not resolve outside Compose;
+# init-addr none allows that).
+command -v haproxy >/dev/null 2>&1 || { echo "compose.sh: haproxy missing: apt-get install haproxy" >&2; exit 2; }
+step haproxy -c -q -f deploy/haproxy/haproxy.cfg
 echo "compose checks passed"
