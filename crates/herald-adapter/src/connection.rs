@@ -13,9 +13,7 @@ use herald_protocol::{ErrorCode, SocketId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-/// A frame on its way to a client. Text frames hold shared `Bytes`, so a
-/// clone per recipient is a reference-count bump.
-pub type Frame = tokio_tungstenite::tungstenite::Message;
+pub use crate::frame::Frame;
 
 /// What happened to one enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

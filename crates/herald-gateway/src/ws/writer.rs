@@ -14,7 +14,7 @@ use herald_protocol::{message, ErrorCode};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 /// Most frames gathered into one flush.
 const MAX_BATCH: usize = 256;
@@ -37,10 +37,10 @@ where
             },
         };
         let write = async {
-            sink.feed(first).await?;
+            sink.feed(message(first)).await?;
             for _ in 1..MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(frame) => sink.feed(frame).await?,
+                    Ok(frame) => sink.feed(message(frame)).await?,
                     Err(_) => break,
                 }
             }
@@ -64,6 +64,11 @@ where
         sink.close().await
     };
     let _ = tokio::time::timeout(CLOSE_DEADLINE, goodbye).await;
+}
+
+/// A queued frame as tungstenite's message (its payload, not copied).
+fn message(frame: Frame) -> Message {
+    Message::Text(Utf8Bytes::try_from(frame.payload_bytes()).unwrap_or_default())
 }
 
 /// The human text sent with a close code.
