@@ -19,7 +19,7 @@ pub mod redis_cluster;
 mod replica;
 
 pub use adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
-pub use connection::{Connection, SendOutcome, SignedIn};
+pub use connection::{Connection, Outlet, Pushed, SendOutcome, SignedIn};
 pub use fabric::{ClusterAdapter, ClusterConfig};
 pub use frame::{close_frame, Frame, NotUtf8};
 pub use lifecycle::{Lifecycle, NoLifecycle};

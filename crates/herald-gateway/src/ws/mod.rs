@@ -2,6 +2,7 @@
 //! session (a reader task plus a writer task) per connection.
 
 mod session;
+mod socket;
 mod upgrade;
 mod writer;
 
