@@ -3,7 +3,7 @@
 //!
 //! - broadcasters ([`Outbound::push`], Herald's [`Outlet`]): when nothing is
 //!   queued the frame's pre-encoded bytes are written straight to the
-//!   non-blocking socket (`try_write`) from the broadcasting task; whatever
+//!   non-blocking socket (`send`) from the broadcasting task; whatever
 //!   the kernel refuses is queued (bounded) and the writer task is woken;
 //! - the writer task (`writer.rs`): runs only when something is queued,
 //!   drains the queue with `try_write_vectored` (many frames per syscall)
@@ -86,9 +86,15 @@ impl Outbound {
             pending.queue.push_back(bytes.clone());
             return Pushed::Accepted;
         }
+        // A plain `send` on the non-blocking socket, not tokio's `try_write`:
+        // that first reads the socket's readiness state, one more cache
+        // miss per recipient (10% of a 19,000-recipient fan-out's profile).
+        // Nothing waits on write readiness here; the writer task's own
+        // `try_write_vectored` keeps tokio's readiness right for it.
+        let sock = socket2::SockRef::from(&*self.sock);
         let mut written = 0;
         while written < bytes.len() {
-            match self.sock.try_write(&bytes[written..]) {
+            match sock.send(&bytes[written..]) {
                 Ok(0) => written = usize::MAX,
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -199,7 +205,11 @@ pub(super) struct SocketIo {
 }
 
 impl SocketIo {
+    /// `early` is copied out: it is a slice of hyper's read buffer (8 KiB
+    /// or more), which would otherwise stay allocated for the connection's
+    /// life, even when empty.
     pub(super) fn new(sock: Arc<TcpStream>, early: Bytes, out: Arc<Outbound>, conn: Arc<Connection>) -> Self {
+        let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
         Self { sock, early, out, conn }
     }
 }
@@ -245,5 +255,140 @@ impl AsyncWrite for SocketIo {
     /// The writer task ends the stream, after the closing frames.
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herald_protocol::SocketId;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+
+    /// A connected pair: the server's side (as an `Outbound` with `bound`)
+    /// and a client whose receive buffer is `client_buf` bytes.
+    async fn pair(bound: usize, client_buf: u32) -> (Arc<Outbound>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(client_buf).unwrap();
+        let (client, accepted) = tokio::join!(client.connect(listener.local_addr().unwrap()), listener.accept());
+        let (server, _) = accepted.unwrap();
+        server.set_nodelay(true).unwrap();
+        let sock = socket2::SockRef::from(&server);
+        sock.set_send_buffer_size(4096).unwrap();
+        (Arc::new(Outbound::new(Arc::new(server), bound)), client.unwrap())
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_frame_to_an_idle_socket_is_written_by_the_sender() {
+        let (out, mut client) = pair(4, 1 << 20).await;
+        let frame = Frame::text("hello");
+        // No writer task exists: only the sender's own write can deliver it.
+        assert_eq!(out.push(&frame), Pushed::Accepted);
+        assert!(out.pending.lock().queue.is_empty());
+        assert_eq!(read_exactly(&mut client, 7).await, b"\x81\x05hello");
+    }
+
+    #[tokio::test]
+    async fn what_the_kernel_refuses_is_queued_in_order_drained_with_writev_and_bounded() {
+        let (out, mut client) = pair(8, 4096).await;
+        let big = Frame::text(&"x".repeat(60_000));
+        let mut pushed = 0;
+        // Write through until the kernel refuses part of a frame.
+        while out.pending.lock().queue.is_empty() {
+            assert_eq!(out.push(&big), Pushed::Accepted);
+            pushed += 1;
+            assert!(pushed < 1_000, "the kernel never refused a write");
+        }
+        // Queued behind the rest: accepted up to the bound, then full.
+        let small: Vec<Frame> = (0..7).map(|i| Frame::text(&format!("n{i}"))).collect();
+        for frame in &small {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+        }
+        assert_eq!(out.pending.lock().queue.len(), 8);
+        assert_eq!(out.push(&small[0]), Pushed::Full);
+
+        // The client reads while the writer's part drains the queue.
+        let drainer = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while out.drain() == Drained::Blocked {
+                    out.writable().await.unwrap();
+                }
+            })
+        };
+        let mut expected = big.wire().repeat(pushed);
+        for frame in &small {
+            expected.extend_from_slice(frame.wire());
+        }
+        let got = read_exactly(&mut client, expected.len()).await;
+        assert!(got == expected, "the byte stream differs from the frames in order");
+        drainer.await.unwrap();
+        assert!(out.pending.lock().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_seal_with_a_code_finishes_the_partial_frame_then_says_goodbye() {
+        let (out, mut client) = pair(8, 4096).await;
+        let big = Frame::text(&"y".repeat(60_000));
+        let mut pushed = 0;
+        while out.pending.lock().queue.is_empty() {
+            out.push(&big);
+            pushed += 1;
+        }
+        out.push(&Frame::text("dropped"));
+        let partial = out.pending.lock().front_started;
+        let goodbye = close_frame_for_test();
+        out.seal(Some(ErrorCode::OVER_CAPACITY), std::slice::from_ref(&goodbye));
+        assert_eq!(out.push(&big), Pushed::Gone);
+        let drainer = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while out.drain() == Drained::Blocked {
+                    out.writable().await.unwrap();
+                }
+                out.shutdown();
+            })
+        };
+        let frames = if partial { pushed } else { pushed - 1 };
+        let mut expected = big.wire().repeat(frames);
+        expected.extend_from_slice(&goodbye);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert!(got == expected, "{} bytes, expected {}", got.len(), expected.len());
+        drainer.await.unwrap();
+    }
+
+    fn close_frame_for_test() -> Bytes {
+        herald_adapter::close_frame(4100, "slow")
+    }
+
+    #[tokio::test]
+    async fn tungstenite_replies_join_the_queue_and_a_full_queue_closes_with_4100() {
+        let (out, mut client) = pair(1, 4096).await;
+        let listener_side = out.sock.clone();
+        let (conn, _rx) = Connection::new(SocketId { major: 1, minor: 1 }, 1);
+        let mut io = SocketIo::new(listener_side, Bytes::new(), out.clone(), conn.clone());
+        use tokio::io::AsyncWriteExt;
+        io.write_all(b"\x8a\x00").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 2).await, b"\x8a\x00");
+        let big = Frame::text(&"z".repeat(60_000));
+        while out.pending.lock().queue.is_empty() {
+            out.push(&big);
+        }
+        io.write_all(b"\x8a\x00").await.unwrap();
+        assert_eq!(conn.close_requested(), Some(ErrorCode::OVER_CAPACITY));
     }
 }
