@@ -84,8 +84,8 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-/// An outlet that takes every frame (the server's write-through, minus the
-/// `write` syscall itself).
+/// An outlet that takes every frame (the server's enqueue, minus the
+/// queue and the flusher's later `writev`).
 struct Taken(std::sync::atomic::AtomicUsize);
 
 impl Outlet for Taken {

@@ -1,6 +1,6 @@
 //! The adapter's handle on one WebSocket connection: where its frames go
-//! (an [`Outlet`]: in the server, a write-through to the socket with a
-//! bounded queue behind it; in tests, a bounded in-memory queue) and a
+//! (an [`Outlet`]: in the server, a bounded queue that flusher tasks write
+//! to the socket after the broadcast; in tests, a bounded in-memory queue) and a
 //! one-shot close request.
 //!
 //! Sending never waits: a full queue means the client stopped reading, so
@@ -30,7 +30,7 @@ pub enum SendOutcome {
 /// What an [`Outlet`] did with one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Written to the socket or queued behind what is already waiting.
+    /// Queued behind what is already waiting (or written).
     Accepted,
     /// The queue is at its bound: the client is not reading.
     Full,
@@ -39,7 +39,7 @@ pub enum Pushed {
 }
 
 /// Where a connection's frames go. Called from the broadcasting task, so
-/// it must never wait: write what the socket takes now, queue the rest.
+/// it must never wait: queue the frame (bounded) for a later write.
 pub trait Outlet: Send + Sync {
     fn push(&self, frame: &Frame) -> Pushed;
 }

@@ -1,6 +1,6 @@
 //! How a frame reaches this node's connections: one shared, pre-encoded
-//! frame, a non-blocking send to each recipient (in the server a direct
-//! socket write when its queue is empty, else its bounded queue), one batched
+//! frame, a non-blocking send to each recipient (in the server an append to
+//! its bounded queue, written after the broadcast by a flusher), one batched
 //! metrics count per broadcast. The subscriber list is a snapshot taken
 //! under the channel's shard lock and sent to after it is released; a full queue
 //! cuts that connection off (4100) instead of slowing anyone else. (This
@@ -91,11 +91,12 @@ pub fn send_counted(conn: &Connection, frame: Frame, metrics: &AppMetrics) -> Se
 }
 
 /// Recipients served per unit of the task's cooperative budget. A delivery
-/// is a socket write now (write-through, ≈ 7 µs of kernel time each), and
-/// Tokio gives a task 128 units per poll, so a task fanning out yields its
-/// worker after at most 128 × 2 = 256 recipients — across consecutive
-/// broadcasts of one REST batch too — about 1–2 ms of writes.
-pub(crate) const STEP: usize = 2;
+/// is an enqueue (the socket writes happen after the broadcast, in the
+/// gateway's flusher tasks), well under a µs each, and Tokio gives a task
+/// 128 units per poll, so a task fanning out yields its worker after at
+/// most 128 × 32 = 4,096 recipients — across consecutive broadcasts of one
+/// REST batch too — about 1–2 ms of work.
+pub(crate) const STEP: usize = 32;
 
 /// [`deliver`] (skipping `have_it`: subscribers that got this event as a
 /// replay) in steps of [`STEP`] recipients, consuming a unit of the

@@ -3,8 +3,8 @@
 //! frame and client-event rate limits, departure).
 //!
 //! The reader never writes to the socket itself: every reply is sent like a
-//! broadcast (`Connection::send`: written through, or queued behind what
-//! is waiting), so replies and broadcasts keep their order.
+//! broadcast (`Connection::send`: queued behind what is waiting, written by
+//! the flusher), so replies and broadcasts keep their order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub(super) async fn run(
 ) {
     let sock = Arc::new(sock);
     let socket_id = SocketId::random();
-    let out = Arc::new(Outbound::new(sock.clone(), state.config.outbound_queue));
+    let out = Outbound::new(sock.clone(), state.config.outbound_queue, state.flushers.for_socket(socket_id));
     let conn = Connection::with_outlet(socket_id, out.clone());
     let io = SocketIo::new(sock, early, out.clone(), conn.clone());
     let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;

@@ -1,24 +1,29 @@
-//! A connection's socket after the upgrade, shared by the three parties
-//! that use it, so a delivery costs the kernel's write and nothing else:
+//! A connection's socket after the upgrade, shared by the parties that
+//! use it, so a delivery costs an enqueue and the kernel's write is shared
+//! by every frame queued meanwhile ("corking"):
 //!
-//! - broadcasters ([`Outbound::push`], Herald's [`Outlet`]): when nothing is
-//!   queued the frame's pre-encoded bytes are written straight to the
-//!   non-blocking socket (`send`) from the broadcasting task; whatever
-//!   the kernel refuses is queued (bounded) and the writer task is woken;
-//! - the writer task (`writer.rs`): runs only when something is queued,
-//!   drains the queue with `try_write_vectored` (many frames per syscall)
-//!   and sends the closing frames;
+//! - broadcasters ([`Outbound::push`], Herald's [`Outlet`]): append the
+//!   frame's pre-encoded bytes to the bounded queue and, if the connection
+//!   was idle and not yet marked ready, put it on its flusher's ready list
+//!   (`flush.rs`); nothing is written from the broadcasting task;
+//! - the flusher ([`Outbound::flush`]): writes everything queued with
+//!   `writev` (many frames per syscall); what the kernel refuses stays
+//!   queued and the writer task is woken;
+//! - the writer task (`writer.rs`): runs only when the kernel refused
+//!   something, waits for writability and drains the queue, and sends the
+//!   closing frames;
 //! - the reader: tungstenite parses client frames from [`SocketIo`], which
 //!   reads the socket and appends what tungstenite writes (pong and close
 //!   replies) to the same queue, so their order with broadcasts is kept.
 //!
-//! The queue's lock is a `parking_lot::Mutex` held only around
+//! Every write goes through the queue, so the order on the wire is the
+//! order of the queue. Its lock is a `parking_lot::Mutex` held only around
 //! non-blocking `try_write*` calls, never across an `.await`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -28,6 +33,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use super::flush::Flusher;
 
 /// Most queued frames handed to one `writev`.
 const MAX_IOVECS: usize = 64;
@@ -40,6 +47,10 @@ pub(super) struct Outbound {
     wake: Notify,
     /// Most frames queued (`outbound_queue`).
     bound: usize,
+    /// The flusher whose ready list this connection goes on.
+    flusher: Arc<Flusher>,
+    /// This very `Outbound`, to put on the ready list.
+    me: Weak<Outbound>,
 }
 
 #[derive(Default)]
@@ -54,6 +65,8 @@ struct Pending {
     sealed: bool,
     /// The socket failed a write: nothing more is accepted.
     dead: bool,
+    /// On the flusher's ready list (cleared when the flusher takes it).
+    ready: bool,
 }
 
 /// What one drain attempt ended with.
@@ -68,53 +81,56 @@ pub(super) enum Drained {
 }
 
 impl Outbound {
-    pub(super) fn new(sock: Arc<TcpStream>, bound: usize) -> Self {
-        Self { sock, pending: Mutex::new(Pending::default()), wake: Notify::new(), bound: bound.max(1) }
+    pub(super) fn new(sock: Arc<TcpStream>, bound: usize, flusher: Arc<Flusher>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            sock,
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            bound: bound.max(1),
+            flusher,
+            me: me.clone(),
+        })
     }
 
-    /// Writes `bytes` now if nothing is queued (what the kernel refuses is
-    /// queued), else queues them behind what is waiting.
+    /// Queues `bytes` behind what is waiting; an idle connection not yet
+    /// marked ready goes on its flusher's ready list. Never writes.
     fn push_bytes(&self, bytes: &Bytes) -> Pushed {
         let mut pending = self.pending.lock();
         if pending.sealed || pending.dead {
             return Pushed::Gone;
         }
-        if !pending.queue.is_empty() {
-            if pending.queue.len() >= self.bound {
-                return Pushed::Full;
+        if pending.queue.len() >= self.bound {
+            return Pushed::Full;
+        }
+        // A non-empty queue that is not marked ready is the writer's (the
+        // kernel refused part of it): it drains what is added too.
+        let schedule = pending.queue.is_empty() && !pending.ready;
+        pending.queue.push_back(bytes.clone());
+        if schedule {
+            pending.ready = true;
+        }
+        drop(pending);
+        if schedule {
+            if let Some(me) = self.me.upgrade() {
+                self.flusher.schedule(me);
             }
-            pending.queue.push_back(bytes.clone());
-            return Pushed::Accepted;
-        }
-        // A plain `send` on the non-blocking socket, not tokio's `try_write`:
-        // that first reads the socket's readiness state, one more cache
-        // miss per recipient (10% of a 19,000-recipient fan-out's profile).
-        // Nothing waits on write readiness here; the writer task's own
-        // `try_write_vectored` keeps tokio's readiness right for it.
-        let sock = socket2::SockRef::from(&*self.sock);
-        let mut written = 0;
-        while written < bytes.len() {
-            match sock.send(&bytes[written..]) {
-                Ok(0) => written = usize::MAX,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => written = usize::MAX,
-            }
-        }
-        if written == usize::MAX {
-            pending.dead = true;
-            drop(pending);
-            self.wake.notify_one();
-            return Pushed::Gone;
-        }
-        if written < bytes.len() {
-            pending.front_started = written > 0;
-            pending.queue.push_back(bytes.slice(written..));
-            drop(pending);
-            self.wake.notify_one();
         }
         Pushed::Accepted
+    }
+
+    /// The flusher's turn: clears the ready mark and writes what the kernel
+    /// takes now; if it refuses some (or the socket failed), the writer task
+    /// is woken to carry on.
+    pub(super) fn flush(&self) {
+        let mut pending = self.pending.lock();
+        pending.ready = false;
+        match self.drain_locked(&mut pending) {
+            Drained::Empty => {}
+            Drained::Blocked | Drained::Dead => {
+                drop(pending);
+                self.wake.notify_one();
+            }
+        }
     }
 
     /// Resolves when the writer has something to do (or was woken to
@@ -131,7 +147,10 @@ impl Outbound {
     /// Writes as much of the queue as the kernel takes now, many frames per
     /// `writev`.
     pub(super) fn drain(&self) -> Drained {
-        let mut pending = self.pending.lock();
+        self.drain_locked(&mut self.pending.lock())
+    }
+
+    fn drain_locked(&self, pending: &mut Pending) -> Drained {
         loop {
             if pending.dead {
                 return Drained::Dead;
@@ -270,7 +289,7 @@ mod tests {
 
     /// A connected pair: the server's side (as an `Outbound` with `bound`)
     /// and a client whose receive buffer is `client_buf` bytes.
-    async fn pair(bound: usize, client_buf: u32) -> (Arc<Outbound>, TcpStream) {
+    async fn pair(bound: usize, client_buf: u32) -> (Arc<Outbound>, TcpStream, Arc<Flusher>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpSocket::new_v4().unwrap();
         client.set_recv_buffer_size(client_buf).unwrap();
@@ -279,7 +298,21 @@ mod tests {
         server.set_nodelay(true).unwrap();
         let sock = socket2::SockRef::from(&server);
         sock.set_send_buffer_size(4096).unwrap();
-        (Arc::new(Outbound::new(Arc::new(server), bound)), client.unwrap())
+        let flusher = Arc::new(Flusher::default());
+        (Outbound::new(Arc::new(server), bound, flusher.clone()), client.unwrap(), flusher)
+    }
+
+    /// Pushes `frame` and flushes until the kernel refuses part of it;
+    /// returns how many were pushed.
+    fn fill(out: &Outbound, flusher: &Flusher, frame: &Frame) -> usize {
+        let mut pushed = 0;
+        while out.pending.lock().queue.is_empty() {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+            flusher.flush_now();
+            pushed += 1;
+            assert!(pushed < 1_000, "the kernel never refused a write");
+        }
+        pushed
     }
 
     async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
@@ -292,31 +325,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_to_an_idle_socket_is_written_by_the_sender() {
-        let (out, mut client) = pair(4, 1 << 20).await;
-        let frame = Frame::text("hello");
-        // No writer task exists: only the sender's own write can deliver it.
-        assert_eq!(out.push(&frame), Pushed::Accepted);
+    async fn broadcasts_are_queued_marked_ready_once_and_written_together_by_the_flusher() {
+        let (out, mut client, flusher) = pair(8, 1 << 20).await;
+        let frames: Vec<Frame> = ["one", "two", "three"].iter().map(|t| Frame::text(t)).collect();
+        for frame in &frames {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+        }
+        // Nothing written by the senders: all three wait, the connection is
+        // on the ready list once.
+        assert_eq!(out.pending.lock().queue.len(), 3);
+        assert_eq!(flusher.waiting(), 1);
+        assert!(out.pending.lock().ready);
+        // One flush writes them all, in order.
+        flusher.flush_now();
         assert!(out.pending.lock().queue.is_empty());
-        assert_eq!(read_exactly(&mut client, 7).await, b"\x81\x05hello");
+        assert!(!out.pending.lock().ready);
+        assert_eq!(read_exactly(&mut client, 17).await, b"\x81\x03one\x81\x03two\x81\x05three");
+        // Idle again: the next frame puts it back on the list.
+        out.push(&frames[0]);
+        assert_eq!(flusher.waiting(), 1);
     }
 
     #[tokio::test]
     async fn what_the_kernel_refuses_is_queued_in_order_drained_with_writev_and_bounded() {
-        let (out, mut client) = pair(8, 4096).await;
+        let (out, mut client, flusher) = pair(8, 4096).await;
         let big = Frame::text(&"x".repeat(60_000));
-        let mut pushed = 0;
-        // Write through until the kernel refuses part of a frame.
-        while out.pending.lock().queue.is_empty() {
-            assert_eq!(out.push(&big), Pushed::Accepted);
-            pushed += 1;
-            assert!(pushed < 1_000, "the kernel never refused a write");
-        }
-        // Queued behind the rest: accepted up to the bound, then full.
+        let pushed = fill(&out, &flusher, &big);
+        // Queued behind the rest (the writer's now, not the flusher's):
+        // accepted up to the bound, then full.
         let small: Vec<Frame> = (0..7).map(|i| Frame::text(&format!("n{i}"))).collect();
         for frame in &small {
             assert_eq!(out.push(frame), Pushed::Accepted);
         }
+        assert_eq!(flusher.waiting(), 0);
         assert_eq!(out.pending.lock().queue.len(), 8);
         assert_eq!(out.push(&small[0]), Pushed::Full);
 
@@ -341,13 +382,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_seal_with_a_code_finishes_the_partial_frame_then_says_goodbye() {
-        let (out, mut client) = pair(8, 4096).await;
+        let (out, mut client, flusher) = pair(8, 4096).await;
         let big = Frame::text(&"y".repeat(60_000));
-        let mut pushed = 0;
-        while out.pending.lock().queue.is_empty() {
-            out.push(&big);
-            pushed += 1;
-        }
+        let pushed = fill(&out, &flusher, &big);
         out.push(&Frame::text("dropped"));
         let partial = out.pending.lock().front_started;
         let goodbye = close_frame_for_test();
@@ -377,17 +414,16 @@ mod tests {
 
     #[tokio::test]
     async fn tungstenite_replies_join_the_queue_and_a_full_queue_closes_with_4100() {
-        let (out, mut client) = pair(1, 4096).await;
+        let (out, mut client, flusher) = pair(1, 4096).await;
         let listener_side = out.sock.clone();
         let (conn, _rx) = Connection::new(SocketId { major: 1, minor: 1 }, 1);
         let mut io = SocketIo::new(listener_side, Bytes::new(), out.clone(), conn.clone());
         use tokio::io::AsyncWriteExt;
         io.write_all(b"\x8a\x00").await.unwrap();
+        flusher.flush_now();
         assert_eq!(read_exactly(&mut client, 2).await, b"\x8a\x00");
         let big = Frame::text(&"z".repeat(60_000));
-        while out.pending.lock().queue.is_empty() {
-            out.push(&big);
-        }
+        fill(&out, &flusher, &big);
         io.write_all(b"\x8a\x00").await.unwrap();
         assert_eq!(conn.close_requested(), Some(ErrorCode::OVER_CAPACITY));
     }

@@ -1,10 +1,10 @@
 //! A connection's writer task: it runs only when the socket refused part of
-//! what broadcasters wrote through (`socket.rs`), and for the goodbye.
+//! what the flusher wrote (`socket.rs`, `flush.rs`), and for the goodbye.
 //!
-//! Woken when the outbound queue stops being empty, it waits until the
-//! socket is writable and drains the queue with `writev`, so frames that
-//! piled up behind a busy socket — back-to-back broadcasts — leave in one
-//! write. When a close is requested it sends `pusher:error` and a close
+//! Woken by the flusher when the kernel refused some of the queue (or the
+//! socket failed), it waits until the socket is writable and drains the
+//! queue with `writev`, so frames that piled up behind a busy socket leave
+//! in one write. When a close is requested it sends `pusher:error` and a close
 //! frame with the same code, within a short deadline, then ends the stream.
 
 use std::sync::Arc;
