@@ -42,6 +42,12 @@ pub enum Pushed {
 /// it must never wait: queue the frame (bounded) for a later write.
 pub trait Outlet: Send + Sync {
     fn push(&self, frame: &Frame) -> Pushed;
+
+    /// A frame for this connection alone (a reply to its own request): may
+    /// be written at once when nothing is waiting. By default, [`Outlet::push`].
+    fn push_reply(&self, frame: &Frame) -> Pushed {
+        self.push(frame)
+    }
 }
 
 enum Outbox {
@@ -101,18 +107,24 @@ impl Connection {
         Self::with_outbox(socket_id, Outbox::Outlet(outlet))
     }
 
-    /// Sends a frame without waiting.
+    /// Sends a frame to this connection alone without waiting (a reply:
+    /// [`Outlet::push_reply`]).
     pub fn send(&self, frame: Frame) -> SendOutcome {
-        self.send_shared(&frame)
+        self.send_via(&frame, true)
     }
 
     /// Sends a shared frame without waiting (a broadcast: no clone unless
     /// it has to be queued).
     pub fn send_shared(&self, frame: &Frame) -> SendOutcome {
+        self.send_via(frame, false)
+    }
+
+    fn send_via(&self, frame: &Frame, reply: bool) -> SendOutcome {
         if self.closed.load(Ordering::Acquire) {
             return SendOutcome::Closed;
         }
         let pushed = match &self.outbox {
+            Outbox::Outlet(outlet) if reply => outlet.push_reply(frame),
             Outbox::Outlet(outlet) => outlet.push(frame),
             Outbox::Queue(tx) => match tx.try_send(frame.clone()) {
                 Ok(()) => Pushed::Accepted,

@@ -6,6 +6,9 @@
 //!   frame's pre-encoded bytes to the bounded queue and, if the connection
 //!   was idle and not yet marked ready, put it on its flusher's ready list
 //!   (`flush.rs`); nothing is written from the broadcasting task;
+//! - replies to the connection's own requests (`Outlet::push_reply`, and
+//!   tungstenite's pongs): written at once if the connection is idle —
+//!   nothing queued, not marked ready — else appended like a broadcast;
 //! - the flusher ([`Outbound::flush`]): writes everything queued with
 //!   `writev` (many frames per syscall); what the kernel refuses stays
 //!   queued and the writer task is woken;
@@ -16,8 +19,8 @@
 //!   reads the socket and appends what tungstenite writes (pong and close
 //!   replies) to the same queue, so their order with broadcasts is kept.
 //!
-//! Every write goes through the queue, so the order on the wire is the
-//! order of the queue. Its lock is a `parking_lot::Mutex` held only around
+//! A write is either of the queue's front or, for a reply, to an idle
+//! connection, so the order on the wire is the order frames were sent. Its lock is a `parking_lot::Mutex` held only around
 //! non-blocking `try_write*` calls, never across an `.await`.
 
 use std::collections::VecDeque;
@@ -93,8 +96,12 @@ impl Outbound {
     }
 
     /// Queues `bytes` behind what is waiting; an idle connection not yet
-    /// marked ready goes on its flusher's ready list. Never writes.
-    fn push_bytes(&self, bytes: &Bytes) -> Pushed {
+    /// marked ready goes on its flusher's ready list. With `direct` (a reply
+    /// to the connection's own request) an idle connection — nothing
+    /// queued, not marked ready — is written to at once instead, so replies
+    /// do not wait behind a large broadcast's flush; order still holds, as
+    /// nothing is waiting.
+    fn push_bytes(&self, bytes: &Bytes, direct: bool) -> Pushed {
         let mut pending = self.pending.lock();
         if pending.sealed || pending.dead {
             return Pushed::Gone;
@@ -102,18 +109,54 @@ impl Outbound {
         if pending.queue.len() >= self.bound {
             return Pushed::Full;
         }
+        let idle = pending.queue.is_empty() && !pending.ready;
+        if idle && direct {
+            return self.write_now(pending, bytes);
+        }
         // A non-empty queue that is not marked ready is the writer's (the
         // kernel refused part of it): it drains what is added too.
-        let schedule = pending.queue.is_empty() && !pending.ready;
         pending.queue.push_back(bytes.clone());
-        if schedule {
+        if idle {
             pending.ready = true;
         }
         drop(pending);
-        if schedule {
+        if idle {
             if let Some(me) = self.me.upgrade() {
                 self.flusher.schedule(me);
             }
+        }
+        Pushed::Accepted
+    }
+
+    /// Writes `bytes` to the idle socket now; what the kernel refuses is
+    /// queued for the writer task.
+    fn write_now(&self, mut pending: parking_lot::MutexGuard<'_, Pending>, bytes: &Bytes) -> Pushed {
+        // A plain `send` on the non-blocking socket, not tokio's `try_write`:
+        // that first reads the socket's readiness state, one more cache
+        // miss. Nothing waits on write readiness here; the writer task's own
+        // `try_write_vectored` keeps tokio's readiness right for it.
+        let sock = socket2::SockRef::from(&*self.sock);
+        let mut written = 0;
+        while written < bytes.len() {
+            match sock.send(&bytes[written..]) {
+                Ok(0) => written = usize::MAX,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => written = usize::MAX,
+            }
+        }
+        if written == usize::MAX {
+            pending.dead = true;
+            drop(pending);
+            self.wake.notify_one();
+            return Pushed::Gone;
+        }
+        if written < bytes.len() {
+            pending.front_started = written > 0;
+            pending.queue.push_back(bytes.slice(written..));
+            drop(pending);
+            self.wake.notify_one();
         }
         Pushed::Accepted
     }
@@ -124,7 +167,7 @@ impl Outbound {
     pub(super) fn flush(&self) {
         let mut pending = self.pending.lock();
         pending.ready = false;
-        match self.drain_locked(&mut pending) {
+        match self.drain_locked(&mut pending, true) {
             Drained::Empty => {}
             Drained::Blocked | Drained::Dead => {
                 drop(pending);
@@ -147,10 +190,14 @@ impl Outbound {
     /// Writes as much of the queue as the kernel takes now, many frames per
     /// `writev`.
     pub(super) fn drain(&self) -> Drained {
-        self.drain_locked(&mut self.pending.lock())
+        self.drain_locked(&mut self.pending.lock(), false)
     }
 
-    fn drain_locked(&self, pending: &mut Pending) -> Drained {
+    /// With `raw` (the flusher) a plain `sendmsg`, skipping tokio's
+    /// readiness lookup (a cache miss per socket); the writer task uses
+    /// tokio's `try_write_vectored`, which keeps the readiness it waits on
+    /// right (a stale "writable" after a raw WouldBlock costs it one retry).
+    fn drain_locked(&self, pending: &mut Pending, raw: bool) -> Drained {
         loop {
             if pending.dead {
                 return Drained::Dead;
@@ -164,7 +211,12 @@ impl Outbound {
                 *slot = IoSlice::new(bytes);
                 count += 1;
             }
-            match self.sock.try_write_vectored(&slices[..count]) {
+            let written = if raw {
+                socket2::SockRef::from(&*self.sock).send_vectored(&slices[..count])
+            } else {
+                self.sock.try_write_vectored(&slices[..count])
+            };
+            match written {
                 Ok(0) => pending.dead = true,
                 Ok(mut n) => {
                     while n > 0 {
@@ -209,7 +261,11 @@ impl Outbound {
 
 impl Outlet for Outbound {
     fn push(&self, frame: &Frame) -> Pushed {
-        self.push_bytes(frame.wire())
+        self.push_bytes(frame.wire(), false)
+    }
+
+    fn push_reply(&self, frame: &Frame) -> Pushed {
+        self.push_bytes(frame.wire(), true)
     }
 }
 
@@ -261,7 +317,7 @@ impl AsyncWrite for SocketIo {
     /// its own buffer; each joins the outbound queue in order. A client
     /// whose queue is full is closing (4100): its replies are dropped.
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.out.push_bytes(&Bytes::copy_from_slice(buf)) == Pushed::Full {
+        if self.out.push_bytes(&Bytes::copy_from_slice(buf), true) == Pushed::Full {
             self.conn.close(ErrorCode::OVER_CAPACITY);
         }
         Poll::Ready(Ok(buf.len()))
@@ -344,6 +400,22 @@ mod tests {
         // Idle again: the next frame puts it back on the list.
         out.push(&frames[0]);
         assert_eq!(flusher.waiting(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_an_idle_connection_is_written_at_once_but_never_overtakes_queued_frames() {
+        let (out, mut client, flusher) = pair(8, 1 << 20).await;
+        // Idle: the reply is written by the sender, no flusher involved.
+        assert_eq!(out.push_reply(&Frame::text("r1")), Pushed::Accepted);
+        assert!(out.pending.lock().queue.is_empty());
+        assert_eq!(flusher.waiting(), 0);
+        assert_eq!(read_exactly(&mut client, 4).await, b"\x81\x02r1");
+        // A broadcast is waiting for the flusher: the reply queues behind it.
+        out.push(&Frame::text("b1"));
+        assert_eq!(out.push_reply(&Frame::text("r2")), Pushed::Accepted);
+        assert_eq!(out.pending.lock().queue.len(), 2);
+        flusher.flush_now();
+        assert_eq!(read_exactly(&mut client, 8).await, b"\x81\x02b1\x81\x02r2");
     }
 
     #[tokio::test]
