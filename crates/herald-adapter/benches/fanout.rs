@@ -1,14 +1,17 @@
 //! The fan-out itself, with no sockets: one broadcast to N in-memory
 //! subscribers (each a real `Connection` with its bounded queue), for one
-//! channel of N and for 50 channels of N/50, with metrics on and off.
-//! Reported per recipient (criterion's "elements").
+//! channel of N and for 50 channels of N/50, with metrics on and off; and
+//! (`fanout_outlet`) the server's path up to the kernel write: serialize,
+//! encode the frame once, hand its bytes to every subscriber's outlet (an
+//! outlet that takes them without a syscall). Reported per recipient
+//! (criterion's "elements").
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle, SingleNode, Subscription};
+use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle, Outlet, Pushed, SingleNode, Subscription};
 use herald_metrics::{AppMetrics, Metrics};
 use herald_protocol::message::{self, EventData};
 use herald_protocol::SocketId;
@@ -76,6 +79,60 @@ fn fanout(c: &mut Criterion) {
                     })
                 });
             }
+        }
+    }
+    group.finish();
+}
+
+/// An outlet that takes every frame (the server's enqueue, minus the
+/// queue and the flusher's later `writev`).
+struct Taken(std::sync::atomic::AtomicUsize);
+
+impl Outlet for Taken {
+    fn push(&self, frame: &Frame) -> Pushed {
+        self.0.fetch_add(frame.wire().len(), std::sync::atomic::Ordering::Relaxed);
+        Pushed::Accepted
+    }
+}
+
+/// Everything a broadcast costs before the kernel's writes, as the server
+/// runs it: serialize the event, encode the frame once, `fan_out` (the
+/// yielding loop) to N connections whose outlet takes the bytes.
+fn fanout_outlet(c: &mut Criterion) {
+    let registry = Metrics::new("bench");
+    let mut group = c.benchmark_group("fanout_outlet");
+    group.measurement_time(Duration::from_secs(3));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let payload = "x".repeat(100);
+    for subscribers in [10_000usize, 19_000] {
+        group.throughput(Throughput::Elements(subscribers as u64));
+        for channels in [1usize, 50] {
+            let ns = Namespace::new("bench", registry.app("bench"), Arc::new(NoLifecycle), Arc::new(SingleNode));
+            let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
+            let outlet = Arc::new(Taken(Default::default()));
+            let _conns: Vec<_> = (0..subscribers)
+                .map(|i| {
+                    let conn = Connection::with_outlet(SocketId { major: 1, minor: i as u64 }, outlet.clone());
+                    let request = Subscription {
+                        channel: names[i % channels].clone(),
+                        member: None,
+                        max_members: 100,
+                        is_cache: false,
+                    };
+                    ns.subscribe(&conn, &request, false).unwrap();
+                    conn
+                })
+                .collect();
+            group.bench_function(BenchmarkId::new(format!("{channels}ch"), subscribers), |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        for name in &names {
+                            let json = message::event("bench-event", Some(name), EventData::Text(&payload), None);
+                            black_box(ns.fan_out(name, &text_frame(json), None, false).await);
+                        }
+                    })
+                })
+            });
         }
     }
     group.finish();
@@ -180,5 +237,5 @@ fn fanout_strategies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, fanout_waking, fanout_strategies);
+criterion_group!(benches, fanout, fanout_outlet, fanout_waking, fanout_strategies);
 criterion_main!(benches);

@@ -1,7 +1,9 @@
-//! The adapter's handle on one WebSocket connection: a bounded outbound queue
-//! drained by that connection's writer task, and a one-shot close request.
+//! The adapter's handle on one WebSocket connection: where its frames go
+//! (an [`Outlet`]: in the server, a bounded queue that flusher tasks write
+//! to the socket after the broadcast; in tests, a bounded in-memory queue) and a
+//! one-shot close request.
 //!
-//! Enqueueing never waits: a full queue means the client stopped reading, so
+//! Sending never waits: a full queue means the client stopped reading, so
 //! the connection is asked to close with 4100 instead of growing memory or
 //! delaying anyone else.
 
@@ -13,9 +15,7 @@ use herald_protocol::{ErrorCode, SocketId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-/// A frame on its way to a client. Text frames hold shared `Bytes`, so a
-/// clone per recipient is a reference-count bump.
-pub type Frame = tokio_tungstenite::tungstenite::Message;
+pub use crate::frame::Frame;
 
 /// What happened to one enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +27,39 @@ pub enum SendOutcome {
     Closed,
 }
 
+/// What an [`Outlet`] did with one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued behind what is already waiting (or written).
+    Accepted,
+    /// The queue is at its bound: the client is not reading.
+    Full,
+    /// The connection can take nothing more (closed, or its socket failed).
+    Gone,
+}
+
+/// Where a connection's frames go. Called from the broadcasting task, so
+/// it must never wait: queue the frame (bounded) for a later write.
+pub trait Outlet: Send + Sync {
+    fn push(&self, frame: &Frame) -> Pushed;
+
+    /// A frame for this connection alone (a reply to its own request): may
+    /// be written at once when nothing is waiting. By default, [`Outlet::push`].
+    fn push_reply(&self, frame: &Frame) -> Pushed {
+        self.push(frame)
+    }
+}
+
+enum Outbox {
+    /// A bounded queue drained by someone else (tests, benchmarks).
+    Queue(mpsc::Sender<Frame>),
+    Outlet(Arc<dyn Outlet>),
+}
+
 /// One connection as the adapter sees it.
 pub struct Connection {
     pub socket_id: SocketId,
-    outbox: mpsc::Sender<Frame>,
+    outbox: Outbox,
     close_code: AtomicU16,
     /// Set once when the connection starts closing or leaving; checked on
     /// every enqueue, so it is a plain atomic (a `CancellationToken` takes a
@@ -55,32 +84,61 @@ pub struct SignedIn {
 }
 
 impl Connection {
-    /// A handle plus the receiving end its writer task drains.
-    pub fn new(socket_id: SocketId, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(queue_len.max(1));
-        let conn = Arc::new(Self {
+    fn with_outbox(socket_id: SocketId, outbox: Outbox) -> Arc<Self> {
+        Arc::new(Self {
             socket_id,
-            outbox: tx,
+            outbox,
             close_code: AtomicU16::new(0),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
             state: Mutex::new(ConnectionState::default()),
-        });
-        (conn, rx)
+        })
     }
 
-    /// Enqueues a frame without waiting.
+    /// A handle whose frames go to a bounded in-memory queue, plus its
+    /// receiving end (tests and benchmarks drain it).
+    pub fn new(socket_id: SocketId, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        (Self::with_outbox(socket_id, Outbox::Queue(tx)), rx)
+    }
+
+    /// A handle whose frames go to `outlet` (the server's socket writer).
+    pub fn with_outlet(socket_id: SocketId, outlet: Arc<dyn Outlet>) -> Arc<Self> {
+        Self::with_outbox(socket_id, Outbox::Outlet(outlet))
+    }
+
+    /// Sends a frame to this connection alone without waiting (a reply:
+    /// [`Outlet::push_reply`]).
     pub fn send(&self, frame: Frame) -> SendOutcome {
+        self.send_via(&frame, true)
+    }
+
+    /// Sends a shared frame without waiting (a broadcast: no clone unless
+    /// it has to be queued).
+    pub fn send_shared(&self, frame: &Frame) -> SendOutcome {
+        self.send_via(frame, false)
+    }
+
+    fn send_via(&self, frame: &Frame, reply: bool) -> SendOutcome {
         if self.closed.load(Ordering::Acquire) {
             return SendOutcome::Closed;
         }
-        match self.outbox.try_send(frame) {
-            Ok(()) => SendOutcome::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let pushed = match &self.outbox {
+            Outbox::Outlet(outlet) if reply => outlet.push_reply(frame),
+            Outbox::Outlet(outlet) => outlet.push(frame),
+            Outbox::Queue(tx) => match tx.try_send(frame.clone()) {
+                Ok(()) => Pushed::Accepted,
+                Err(mpsc::error::TrySendError::Full(_)) => Pushed::Full,
+                Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
+            },
+        };
+        match pushed {
+            Pushed::Accepted => SendOutcome::Queued,
+            Pushed::Full => {
                 self.close(ErrorCode::OVER_CAPACITY);
                 SendOutcome::SlowConsumer
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => SendOutcome::Closed,
+            Pushed::Gone => SendOutcome::Closed,
         }
     }
 

@@ -10,6 +10,7 @@
 mod adapter;
 mod connection;
 pub mod fabric;
+mod frame;
 mod lifecycle;
 mod local;
 pub mod nats;
@@ -18,8 +19,9 @@ pub mod redis_cluster;
 mod replica;
 
 pub use adapter::{Adapter, AdapterError, ChannelSummary, Subscription};
-pub use connection::{Connection, Frame, SendOutcome, SignedIn};
+pub use connection::{Connection, Outlet, Pushed, SendOutcome, SignedIn};
 pub use fabric::{ClusterAdapter, ClusterConfig};
+pub use frame::{close_frame, Frame, NotUtf8};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use local::{
     send_counted, CacheSettings, CachedEvent, Departure, LocalAdapter, Namespace, NamespaceSpec, OverQuota,
@@ -28,8 +30,8 @@ pub use local::{
 };
 pub use replica::{Change, NodeAppState, NodeId, Replica, SingleNode};
 
-/// Makes a text frame from serialized JSON; clone it per recipient (a
-/// reference-count bump, not a copy).
+/// Encodes serialized JSON as a WebSocket text frame, once; clone it per
+/// recipient (a reference-count bump, not a copy).
 pub fn text_frame(json: String) -> Frame {
-    Frame::Text(json.into())
+    Frame::text(&json)
 }

@@ -92,9 +92,17 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
 }
 
 /// An accepted socket and the per-IP slot it holds.
-struct Slotted {
+pub(crate) struct Slotted {
     io: TokioIo<TcpStream>,
-    _slot: Option<IpSlot>,
+    slot: Option<IpSlot>,
+}
+
+impl Slotted {
+    /// The socket back from hyper (after a WebSocket upgrade), with the
+    /// slot, which the caller keeps for as long as it serves the socket.
+    pub(crate) fn into_parts(self) -> (TcpStream, Option<IpSlot>) {
+        (self.io.into_inner(), self.slot)
+    }
 }
 
 impl hyper::rt::Read for Slotted {
@@ -183,7 +191,7 @@ where
         let stop = stop.clone();
         match slot {
             Ok(slot) => {
-                let io = Slotted { io: TokioIo::new(stream), _slot: slot };
+                let io = Slotted { io: TokioIo::new(stream), slot };
                 let service = with_peer(filter.clone(), peer);
                 conns.spawn(async move {
                     let conn = builder.serve_connection(io, service).with_upgrades();

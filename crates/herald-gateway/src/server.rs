@@ -94,6 +94,7 @@ impl Server {
         if tokio::time::timeout_at(deadline, self.state.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
+        self.state.flushers.stop().await;
         if !self.state.cleanup.shutdown(left()).await {
             tracing::warn!("cleanup queues not drained within the grace period");
         }

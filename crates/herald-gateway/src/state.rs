@@ -30,6 +30,9 @@ pub struct State {
     pub drain: Drain,
     /// Every connection task; shutdown waits on it.
     pub tracker: TaskTracker,
+    /// The flusher tasks that write broadcasts to the sockets; stopped at
+    /// shutdown once the connection tasks are done.
+    pub flushers: crate::ws::Flushers,
     /// Departures are cleaned here, off the connection's task.
     pub cleanup: CleanupPool,
     /// Webhook delivery tasks and their stop signal.
@@ -72,6 +75,7 @@ impl State {
             shutdown: CancellationToken::new(),
             drain,
             tracker: TaskTracker::new(),
+            flushers: crate::ws::Flushers::start(),
             webhooks,
             ip_limits,
         })

@@ -65,7 +65,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         BROADCAST_FANOUT_SECONDS,
         Kind::Histogram,
         Some(Unit::Seconds),
-        "Time to serialize and enqueue one broadcast to every local subscriber.",
+        "Time to queue one broadcast to every local subscriber (the socket writes happen after it, in the flushers).",
     ),
     (WEBHOOKS_SENT_TOTAL, Kind::Counter, None, "Webhook requests delivered (2xx)."),
     (WEBHOOKS_FAILED_TOTAL, Kind::Counter, None, "Webhook batches given up on after their retries."),

@@ -40,7 +40,6 @@ use herald_protocol::SocketId;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -249,10 +248,7 @@ impl Inner {
             origin: Some(self.me().to_string()),
             cache,
         };
-        let payload: &[u8] = match frame {
-            Frame::Text(text) => text.as_bytes(),
-            other => &other.clone().into_data(),
-        };
+        let payload = frame.payload();
         let bytes = encode(body, Some(payload));
         let partition = partition_of(channel, self.config.partitions);
         let subject = Subject::App { app_id: app_id.into(), partition };
@@ -324,17 +320,16 @@ impl Inner {
                     return;
                 }
                 let Some(ns) = self.local.namespace(&app) else { return };
-                let Ok(text) = Utf8Bytes::try_from(payload) else {
+                let Ok(frame) = Frame::from_payload(&payload) else {
                     self.metrics.fabric_errors.increment(1);
                     return;
                 };
-                if text.is_empty() {
+                if frame.is_empty() {
                     // An event envelope without its frame: nothing to deliver.
                     self.metrics.fabric_errors.increment(1);
                     tracing::debug!(app, channel, "event envelope without a frame dropped");
                     return;
                 }
-                let frame = Frame::Text(text);
                 let except = except.and_then(|s| s.parse().ok());
                 ns.fan_out(&channel, &frame, except, cache).await;
             }
@@ -436,7 +431,7 @@ fn answer(ns: Option<&Namespace>, question: Question) -> (Answer, Option<Vec<u8>
         Question::Cache { channel } => match ns.cached(&channel) {
             Some(event) => {
                 let age_ms = event.stored.elapsed().as_millis() as u64;
-                (Answer::Cache { found: true, age_ms }, Some(event.frame.into_data().to_vec()))
+                (Answer::Cache { found: true, age_ms }, Some(event.frame.payload().to_vec()))
             }
             None => (Answer::Cache { found: false, age_ms: 0 }, None),
         },
@@ -736,8 +731,7 @@ impl ClusterAdapter {
             })
             .filter(|(_, payload)| !payload.is_empty())
             .min_by_key(|(age, _)| *age);
-        let answer =
-            youngest.and_then(|(age, p)| Some((Frame::Text(Utf8Bytes::try_from(p).ok()?), Duration::from_millis(age))));
+        let answer = youngest.and_then(|(age, p)| Some((Frame::from_payload(&p).ok()?, Duration::from_millis(age))));
         ns.finish_replay(conn, channel, answer, subscribed_at)
     }
 }

@@ -200,14 +200,11 @@ mod tests {
     use super::*;
 
     fn event(text: &str, stored: Instant) -> CachedEvent {
-        CachedEvent { frame: Frame::Text(text.into()), stored, replayed: false, replayed_to: Vec::new() }
+        CachedEvent { frame: Frame::text(text), stored, replayed: false, replayed_to: Vec::new() }
     }
 
     fn text(event: &CachedEvent) -> String {
-        match &event.frame {
-            Frame::Text(t) => t.to_string(),
-            _ => panic!("not a text frame"),
-        }
+        event.frame.as_str().to_string()
     }
 
     #[test]
@@ -257,12 +254,12 @@ mod tests {
         )
         .with_cache(CacheSettings { max_channels: 2, ttl: Duration::from_secs(60) });
         for name in ["a", "b", "c"] {
-            ns.set_cached(name, Frame::Text(name.into()));
+            ns.set_cached(name, Frame::text(name));
         }
         assert!(ns.cached("a").is_none());
         assert!(ns.cached("b").is_some() && ns.cached("c").is_some());
         // A replayed event older than the TTL is stored but never served.
-        ns.set_replayed("old", Frame::Text("old".into()), Duration::from_secs(61));
+        ns.set_replayed("old", Frame::text("old"), Duration::from_secs(61));
         assert!(ns.cached("old").is_none());
     }
 }

@@ -1,12 +1,13 @@
-//! How a frame reaches this node's connections: one shared frame, a
-//! non-blocking `try_send` into each recipient's bounded queue, one batched
+//! How a frame reaches this node's connections: one shared, pre-encoded
+//! frame, a non-blocking send to each recipient (in the server an append to
+//! its bounded queue, written after the broadcast by a flusher), one batched
 //! metrics count per broadcast. The subscriber list is a snapshot taken
 //! under the channel's shard lock and sent to after it is released; a full queue
 //! cuts that connection off (4100) instead of slowing anyone else. (This
 //! measured better than a per-recipient `buffer_unordered` stream: see
 //! docs/architecture.md.) Broadcasts go in steps that consume the task's
 //! cooperative budget, so a large fan-out yields its worker every few
-//! thousand recipients.
+//! hundred recipients.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,10 +90,12 @@ pub fn send_counted(conn: &Connection, frame: Frame, metrics: &AppMetrics) -> Se
     outcome
 }
 
-/// Recipients queued per unit of the task's cooperative budget. Tokio gives
-/// a task 128 units per poll, so a task fanning out yields its worker after
-/// at most 128 × 32 = 4,096 recipients — across consecutive broadcasts of
-/// one REST batch too — about a millisecond of `try_send`s.
+/// Recipients served per unit of the task's cooperative budget. A delivery
+/// is an enqueue (the socket writes happen after the broadcast, in the
+/// gateway's flusher tasks), well under a µs each, and Tokio gives a task
+/// 128 units per poll, so a task fanning out yields its worker after at
+/// most 128 × 32 = 4,096 recipients — across consecutive broadcasts of one
+/// REST batch too — about 1–2 ms of work.
 pub(crate) const STEP: usize = 32;
 
 /// [`deliver`] (skipping `have_it`: subscribers that got this event as a
@@ -137,7 +140,7 @@ pub(super) fn deliver(
         if Some(conn.socket_id) == except {
             continue;
         }
-        match conn.send(frame.clone()) {
+        match conn.send_shared(frame) {
             SendOutcome::Queued => delivered += 1,
             SendOutcome::SlowConsumer => metrics.rejected(Rejection::SlowConsumer),
             SendOutcome::Closed => {}

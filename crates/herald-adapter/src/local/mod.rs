@@ -328,7 +328,7 @@ mod tests {
     fn drain(rx: &mut Receiver<Frame>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
-            out.push(f.into_text().unwrap().to_string());
+            out.push(f.as_str().to_string());
         }
         out
     }

@@ -42,7 +42,7 @@ fn conn(major: u64, minor: u64) -> (Arc<Connection>, Receiver<Frame>) {
 fn drain(rx: &mut Receiver<Frame>) -> Vec<Value> {
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
-        out.push(serde_json::from_str(f.to_text().unwrap()).unwrap_or_else(|_| json!(f.to_text().unwrap())));
+        out.push(serde_json::from_str(f.as_str()).unwrap_or_else(|_| json!(f.as_str())));
     }
     out
 }

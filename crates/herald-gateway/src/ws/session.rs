@@ -2,13 +2,15 @@
 //! frames, and the bookkeeping around it (keep-alive, sign-in deadline,
 //! frame and client-event rate limits, departure).
 //!
-//! The reader never writes to the socket itself: every reply is queued on
-//! the connection's bounded outbox, drained by the writer task.
+//! The reader never writes to the socket itself: every reply is sent like a
+//! broadcast (`Connection::send`: queued behind what is waiting, written by
+//! the flusher), so replies and broadcasts keep their order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use herald_adapter::{send_counted, text_frame, AdapterError, Connection, PresenceFull, Subscription};
 use herald_metrics::Rejection;
@@ -16,35 +18,46 @@ use herald_protocol::message::{self, ClientMessage, EventData};
 use herald_protocol::presence::{parse_channel_data, parse_user_data};
 use herald_protocol::{sign, ChannelKind, ChannelName, ErrorCode, SocketId};
 use serde_json::Value;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
+use super::socket::{Outbound, SocketIo};
 use super::upgrade::Admission;
 use super::writer;
 use crate::apps::App;
 use crate::hub;
 use crate::state::State;
 
-/// Serves one upgraded WebSocket until it closes.
-pub(super) async fn run<S>(state: Arc<State>, ws: S, admission: Admission)
-where
-    S: Stream<Item = Result<Message, WsError>> + futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
-{
-    let (sink, stream) = ws.split();
+/// Serves one upgraded WebSocket until it closes. `early` holds the
+/// bytes hyper read past the handshake (the client's first frames).
+pub(super) async fn run(
+    state: Arc<State>,
+    sock: TcpStream,
+    early: Bytes,
+    config: WebSocketConfig,
+    admission: Admission,
+) {
+    let sock = Arc::new(sock);
     let socket_id = SocketId::random();
-    let (conn, queue) = Connection::new(socket_id, state.config.outbound_queue);
+    let out = Outbound::new(sock.clone(), state.config.outbound_queue, state.flushers.for_socket(socket_id));
+    let conn = Connection::with_outlet(socket_id, out.clone());
+    let io = SocketIo::new(sock, early, out.clone(), conn.clone());
+    let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let app = match admission {
         Admission::Accept(app) => app,
         Admission::Refuse(code) => {
             tracing::debug!(code = code.as_u16(), "connection refused");
             conn.close(code);
-            writer::run(sink, queue, conn).await;
+            writer::run(out, conn).await;
             return;
         }
     };
     let _open = state.drain.open();
     tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
-    let writer = state.tracker.spawn(writer::run(sink, queue, conn.clone()));
+    let writer = state.tracker.spawn(writer::run(out, conn.clone()));
     // The quota is checked and reserved in one step (a burst of connects
     // cannot all pass a separate count).
     match state.adapter.add_connection(&app.config.id, conn.clone(), app.config.max_connections) {

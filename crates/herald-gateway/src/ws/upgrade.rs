@@ -1,7 +1,9 @@
 //! Our own WebSocket upgrade, so tungstenite is configured by us: warp's
 //! `ws()` cannot set the read buffer and would allocate 128 KiB per
 //! connection. We check the handshake headers, answer 101 ourselves, take
-//! hyper's `OnUpgrade` and build the stream with small, bounded buffers.
+//! hyper's `OnUpgrade`, get our TCP socket back out of it (`downcast`) and
+//! serve it ourselves: tungstenite parses what the client sends (small,
+//! bounded buffers), and frames to the client are written by `socket.rs`.
 //!
 //! App and protocol checks happen after the handshake, because pusher-js
 //! only understands refusals sent as `pusher:error` + a close code.
@@ -12,16 +14,14 @@ use bytes::Bytes;
 use herald_metrics::Rejection as Rejected;
 use herald_protocol::ErrorCode;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use warp::http::{HeaderMap, Response, StatusCode};
 use warp::Filter;
 
 use super::session;
 use crate::apps::App;
-use crate::http::{forwarded_for, AtCap, PeerAddr};
+use crate::http::{forwarded_for, AtCap, PeerAddr, Slotted};
 use crate::state::State;
 
 /// Lowest protocol version served.
@@ -102,10 +102,14 @@ fn upgrade(
     state.tracker.spawn(async move {
         let _ip_slot = ip_slot;
         match tokio::time::timeout(handshake_timeout, on_upgrade).await {
-            Ok(Ok(upgraded)) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                session::run(task_state, ws, admission).await;
-            }
+            Ok(Ok(upgraded)) => match upgraded.downcast::<Slotted>() {
+                Ok(parts) => {
+                    // The socket is ours again: broadcasts write to it directly.
+                    let (sock, _slot) = parts.io.into_parts();
+                    session::run(task_state, sock, parts.read_buf, config, admission).await;
+                }
+                Err(_) => tracing::warn!("upgraded connection is not one of our sockets; dropped"),
+            },
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
             Err(_) => {
                 task_state.metrics.node().http_timeout_rejections.increment(1);

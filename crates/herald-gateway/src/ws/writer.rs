@@ -1,69 +1,67 @@
-//! A connection's writer task: the only code that writes to its socket.
+//! A connection's writer task: it runs only when the socket refused part of
+//! what the flusher wrote (`socket.rs`, `flush.rs`), and for the goodbye.
 //!
-//! It drains the connection's bounded queue, feeding every frame already
-//! waiting before one flush, so back-to-back broadcasts leave in one write.
-//! When a close is requested it sends `pusher:error` and a close frame with
-//! the same code, within a short deadline.
+//! Woken by the flusher when the kernel refused some of the queue (or the
+//! socket failed), it waits until the socket is writable and drains the
+//! queue with `writev`, so frames that piled up behind a busy socket leave
+//! in one write. When a close is requested it sends `pusher:error` and a close
+//! frame with the same code, within a short deadline, then ends the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt};
-use herald_adapter::{Connection, Frame};
+use bytes::Bytes;
+use herald_adapter::{close_frame, text_frame, Connection};
 use herald_protocol::{message, ErrorCode};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-/// Most frames gathered into one flush.
-const MAX_BATCH: usize = 256;
+use super::socket::{Drained, Outbound};
+
 /// How long a closing handshake may take.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
-pub async fn run<S>(mut sink: S, mut queue: mpsc::Receiver<Frame>, conn: Arc<Connection>)
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
+pub(super) async fn run(out: Arc<Outbound>, conn: Arc<Connection>) {
     let closing = conn.closing();
     tokio::pin!(closing);
-    loop {
-        let first = tokio::select! {
+    'serve: loop {
+        tokio::select! {
             biased;
             _ = &mut closing => break,
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        let write = async {
-            sink.feed(first).await?;
-            for _ in 1..MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(frame) => sink.feed(frame).await?,
-                    Err(_) => break,
-                }
+            _ = out.queued() => {}
+        }
+        loop {
+            match out.drain() {
+                Drained::Empty => break,
+                Drained::Dead => break 'serve,
+                Drained::Blocked => tokio::select! {
+                    ready = out.writable() => if ready.is_err() { break 'serve },
+                    _ = &mut closing => break 'serve,
+                },
             }
-            sink.flush().await
-        };
-        let written = tokio::select! {
-            result = write => result.is_ok(),
-            _ = &mut closing => false,
-        };
-        if !written {
-            break;
         }
     }
-    let goodbye = async {
-        if let Some(code) = conn.close_requested() {
-            let error = message::error(Some(code), close_message(code));
-            sink.send(Message::Text(error.into())).await?;
-            let frame = CloseFrame { code: CloseCode::from(code.as_u16()), reason: close_message(code).into() };
-            sink.send(Message::Close(Some(frame))).await?;
+    let code = conn.close_requested();
+    let goodbye: Vec<Bytes> = match code {
+        Some(code) => {
+            let error = text_frame(message::error(Some(code), close_message(code)));
+            vec![error.wire().clone(), close_frame(code.as_u16(), close_message(code))]
         }
-        sink.close().await
+        None => Vec::new(),
     };
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, goodbye).await;
+    out.seal(code, &goodbye);
+    let flush = async {
+        loop {
+            match out.drain() {
+                Drained::Empty | Drained::Dead => break,
+                Drained::Blocked => {
+                    if out.writable().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, flush).await;
+    out.shutdown();
 }
 
 /// The human text sent with a close code.

@@ -1,0 +1,502 @@
+//! A connection's socket after the upgrade, shared by the parties that
+//! use it, so a delivery costs an enqueue and the kernel's write is shared
+//! by every frame queued meanwhile ("corking"):
+//!
+//! - broadcasters ([`Outbound::push`], Herald's [`Outlet`]): append the
+//!   frame's pre-encoded bytes to the bounded queue and, if the connection
+//!   was idle and not yet marked ready, put it on its flusher's ready list
+//!   (`flush.rs`); nothing is written from the broadcasting task;
+//! - replies to the connection's own requests (`Outlet::push_reply`, and
+//!   tungstenite's pongs): written at once if the connection is idle —
+//!   nothing queued, not marked ready — else appended like a broadcast;
+//! - the flusher ([`Outbound::flush`]): writes everything queued with
+//!   `writev` (many frames per syscall); what the kernel refuses stays
+//!   queued and the writer task is woken;
+//! - the writer task (`writer.rs`): runs only when the kernel refused
+//!   something, waits for writability and drains the queue, and sends the
+//!   closing frames;
+//! - the reader: tungstenite parses client frames from [`SocketIo`], which
+//!   reads the socket and appends what tungstenite writes (pong and close
+//!   replies) to the same queue, so their order with broadcasts is kept.
+//!
+//! A write is either of the queue's front or, for a reply, to an idle
+//! connection, so the order on the wire is the order frames were sent. Its lock is a `parking_lot::Mutex` held only around
+//! non-blocking `try_write*` calls, never across an `.await`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use herald_adapter::{Connection, Frame, Outlet, Pushed};
+use herald_protocol::ErrorCode;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::flush::Flusher;
+
+/// Most queued frames handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// What is waiting to be written to one socket.
+pub(super) struct Outbound {
+    sock: Arc<TcpStream>,
+    pending: Mutex<Pending>,
+    /// Wakes the writer task when the queue stops being empty.
+    wake: Notify,
+    /// Most frames queued (`outbound_queue`).
+    bound: usize,
+    /// The flusher whose ready list this connection goes on.
+    flusher: Arc<Flusher>,
+    /// This very `Outbound`, to put on the ready list.
+    me: Weak<Outbound>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Encoded frames (or tungstenite's replies) not yet written; the
+    /// first may be partly written already (its written part is cut off).
+    queue: VecDeque<Bytes>,
+    /// The first entry has been partly written: it must be finished
+    /// before anything else, or the client's frame stream breaks.
+    front_started: bool,
+    /// The closing frames are queued: nothing more is accepted.
+    sealed: bool,
+    /// The socket failed a write: nothing more is accepted.
+    dead: bool,
+    /// On the flusher's ready list (cleared when the flusher takes it).
+    ready: bool,
+}
+
+/// What one drain attempt ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Drained {
+    /// Nothing left queued.
+    Empty,
+    /// The kernel's buffer is full: wait until the socket is writable.
+    Blocked,
+    /// The socket failed.
+    Dead,
+}
+
+impl Outbound {
+    pub(super) fn new(sock: Arc<TcpStream>, bound: usize, flusher: Arc<Flusher>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            sock,
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            bound: bound.max(1),
+            flusher,
+            me: me.clone(),
+        })
+    }
+
+    /// Queues `bytes` behind what is waiting; an idle connection not yet
+    /// marked ready goes on its flusher's ready list. With `direct` (a reply
+    /// to the connection's own request) an idle connection — nothing
+    /// queued, not marked ready — is written to at once instead, so replies
+    /// do not wait behind a large broadcast's flush; order still holds, as
+    /// nothing is waiting.
+    fn push_bytes(&self, bytes: &Bytes, direct: bool) -> Pushed {
+        let mut pending = self.pending.lock();
+        if pending.sealed || pending.dead {
+            return Pushed::Gone;
+        }
+        if pending.queue.len() >= self.bound {
+            return Pushed::Full;
+        }
+        let idle = pending.queue.is_empty() && !pending.ready;
+        if idle && direct {
+            return self.write_now(pending, bytes);
+        }
+        // A non-empty queue that is not marked ready is the writer's (the
+        // kernel refused part of it): it drains what is added too.
+        pending.queue.push_back(bytes.clone());
+        if idle {
+            pending.ready = true;
+        }
+        drop(pending);
+        if idle {
+            if let Some(me) = self.me.upgrade() {
+                self.flusher.schedule(me);
+            }
+        }
+        Pushed::Accepted
+    }
+
+    /// Writes `bytes` to the idle socket now; what the kernel refuses is
+    /// queued for the writer task.
+    fn write_now(&self, mut pending: parking_lot::MutexGuard<'_, Pending>, bytes: &Bytes) -> Pushed {
+        // A plain `send` on the non-blocking socket, not tokio's `try_write`:
+        // that first reads the socket's readiness state, one more cache
+        // miss. Nothing waits on write readiness here; the writer task's own
+        // `try_write_vectored` keeps tokio's readiness right for it.
+        let sock = socket2::SockRef::from(&*self.sock);
+        let mut written = 0;
+        while written < bytes.len() {
+            match sock.send(&bytes[written..]) {
+                Ok(0) => written = usize::MAX,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => written = usize::MAX,
+            }
+        }
+        if written == usize::MAX {
+            pending.dead = true;
+            drop(pending);
+            self.wake.notify_one();
+            return Pushed::Gone;
+        }
+        if written < bytes.len() {
+            pending.front_started = written > 0;
+            pending.queue.push_back(bytes.slice(written..));
+            drop(pending);
+            self.wake.notify_one();
+        }
+        Pushed::Accepted
+    }
+
+    /// The flusher's turn: clears the ready mark and writes what the kernel
+    /// takes now; if it refuses some (or the socket failed), the writer task
+    /// is woken to carry on.
+    pub(super) fn flush(&self) {
+        let mut pending = self.pending.lock();
+        pending.ready = false;
+        match self.drain_locked(&mut pending, true) {
+            Drained::Empty => {}
+            Drained::Blocked | Drained::Dead => {
+                drop(pending);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Resolves when the writer has something to do (or was woken to
+    /// look at a failure).
+    pub(super) async fn queued(&self) {
+        self.wake.notified().await
+    }
+
+    /// Resolves when the socket can take more.
+    pub(super) async fn writable(&self) -> io::Result<()> {
+        self.sock.writable().await
+    }
+
+    /// Writes as much of the queue as the kernel takes now, many frames per
+    /// `writev`.
+    pub(super) fn drain(&self) -> Drained {
+        self.drain_locked(&mut self.pending.lock(), false)
+    }
+
+    /// With `raw` (the flusher) a plain `sendmsg`, skipping tokio's
+    /// readiness lookup (a cache miss per socket); the writer task uses
+    /// tokio's `try_write_vectored`, which keeps the readiness it waits on
+    /// right (a stale "writable" after a raw WouldBlock costs it one retry).
+    fn drain_locked(&self, pending: &mut Pending, raw: bool) -> Drained {
+        loop {
+            if pending.dead {
+                return Drained::Dead;
+            }
+            if pending.queue.is_empty() {
+                return Drained::Empty;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(pending.queue.iter()) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            let written = if raw {
+                socket2::SockRef::from(&*self.sock).send_vectored(&slices[..count])
+            } else {
+                self.sock.try_write_vectored(&slices[..count])
+            };
+            match written {
+                Ok(0) => pending.dead = true,
+                Ok(mut n) => {
+                    while n > 0 {
+                        let Some(front) = pending.queue.front_mut() else { break };
+                        if n >= front.len() {
+                            n -= front.len();
+                            pending.queue.pop_front();
+                            pending.front_started = false;
+                        } else {
+                            front.advance(n);
+                            pending.front_started = true;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => pending.dead = true,
+            }
+        }
+    }
+
+    /// Stops accepting frames and queues the closing ones: with a close
+    /// `code`, whatever was waiting is dropped (but a partly written frame
+    /// is finished) and `goodbye` follows; without one (the client left)
+    /// what is queued is still sent.
+    pub(super) fn seal(&self, code: Option<ErrorCode>, goodbye: &[Bytes]) {
+        let mut pending = self.pending.lock();
+        if code.is_some() {
+            let keep = usize::from(pending.front_started);
+            pending.queue.truncate(keep);
+        }
+        pending.queue.extend(goodbye.iter().cloned());
+        pending.sealed = true;
+    }
+
+    /// Sends FIN: the client reads what was written, then end of stream.
+    pub(super) fn shutdown(&self) {
+        let _ = socket2::SockRef::from(&*self.sock).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Outlet for Outbound {
+    fn push(&self, frame: &Frame) -> Pushed {
+        self.push_bytes(frame.wire(), false)
+    }
+
+    fn push_reply(&self, frame: &Frame) -> Pushed {
+        self.push_bytes(frame.wire(), true)
+    }
+}
+
+/// The socket as tungstenite sees it: reads come from the socket (first
+/// any bytes hyper read past the handshake), writes join the outbound
+/// queue.
+pub(super) struct SocketIo {
+    sock: Arc<TcpStream>,
+    early: Bytes,
+    out: Arc<Outbound>,
+    conn: Arc<Connection>,
+}
+
+impl SocketIo {
+    /// `early` is copied out: it is a slice of hyper's read buffer (8 KiB
+    /// or more), which would otherwise stay allocated for the connection's
+    /// life, even when empty.
+    pub(super) fn new(sock: Arc<TcpStream>, early: Bytes, out: Arc<Outbound>, conn: Arc<Connection>) -> Self {
+        let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
+        Self { sock, early, out, conn }
+    }
+}
+
+impl AsyncRead for SocketIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.sock.poll_read_ready(cx))?;
+            match this.sock.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    /// tungstenite writes whole frames (its pong and close replies) from
+    /// its own buffer; each joins the outbound queue in order. A client
+    /// whose queue is full is closing (4100): its replies are dropped.
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.out.push_bytes(&Bytes::copy_from_slice(buf), true) == Pushed::Full {
+            self.conn.close(ErrorCode::OVER_CAPACITY);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The writer task ends the stream, after the closing frames.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herald_protocol::SocketId;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+
+    /// A connected pair: the server's side (as an `Outbound` with `bound`)
+    /// and a client whose receive buffer is `client_buf` bytes.
+    async fn pair(bound: usize, client_buf: u32) -> (Arc<Outbound>, TcpStream, Arc<Flusher>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(client_buf).unwrap();
+        let (client, accepted) = tokio::join!(client.connect(listener.local_addr().unwrap()), listener.accept());
+        let (server, _) = accepted.unwrap();
+        server.set_nodelay(true).unwrap();
+        let sock = socket2::SockRef::from(&server);
+        sock.set_send_buffer_size(4096).unwrap();
+        let flusher = Arc::new(Flusher::default());
+        (Outbound::new(Arc::new(server), bound, flusher.clone()), client.unwrap(), flusher)
+    }
+
+    /// Pushes `frame` and flushes until the kernel refuses part of it;
+    /// returns how many were pushed.
+    fn fill(out: &Outbound, flusher: &Flusher, frame: &Frame) -> usize {
+        let mut pushed = 0;
+        while out.pending.lock().queue.is_empty() {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+            flusher.flush_now();
+            pushed += 1;
+            assert!(pushed < 1_000, "the kernel never refused a write");
+        }
+        pushed
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn broadcasts_are_queued_marked_ready_once_and_written_together_by_the_flusher() {
+        let (out, mut client, flusher) = pair(8, 1 << 20).await;
+        let frames: Vec<Frame> = ["one", "two", "three"].iter().map(|t| Frame::text(t)).collect();
+        for frame in &frames {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+        }
+        // Nothing written by the senders: all three wait, the connection is
+        // on the ready list once.
+        assert_eq!(out.pending.lock().queue.len(), 3);
+        assert_eq!(flusher.waiting(), 1);
+        assert!(out.pending.lock().ready);
+        // One flush writes them all, in order.
+        flusher.flush_now();
+        assert!(out.pending.lock().queue.is_empty());
+        assert!(!out.pending.lock().ready);
+        assert_eq!(read_exactly(&mut client, 17).await, b"\x81\x03one\x81\x03two\x81\x05three");
+        // Idle again: the next frame puts it back on the list.
+        out.push(&frames[0]);
+        assert_eq!(flusher.waiting(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_an_idle_connection_is_written_at_once_but_never_overtakes_queued_frames() {
+        let (out, mut client, flusher) = pair(8, 1 << 20).await;
+        // Idle: the reply is written by the sender, no flusher involved.
+        assert_eq!(out.push_reply(&Frame::text("r1")), Pushed::Accepted);
+        assert!(out.pending.lock().queue.is_empty());
+        assert_eq!(flusher.waiting(), 0);
+        assert_eq!(read_exactly(&mut client, 4).await, b"\x81\x02r1");
+        // A broadcast is waiting for the flusher: the reply queues behind it.
+        out.push(&Frame::text("b1"));
+        assert_eq!(out.push_reply(&Frame::text("r2")), Pushed::Accepted);
+        assert_eq!(out.pending.lock().queue.len(), 2);
+        flusher.flush_now();
+        assert_eq!(read_exactly(&mut client, 8).await, b"\x81\x02b1\x81\x02r2");
+    }
+
+    #[tokio::test]
+    async fn what_the_kernel_refuses_is_queued_in_order_drained_with_writev_and_bounded() {
+        let (out, mut client, flusher) = pair(8, 4096).await;
+        let big = Frame::text(&"x".repeat(60_000));
+        let pushed = fill(&out, &flusher, &big);
+        // Queued behind the rest (the writer's now, not the flusher's):
+        // accepted up to the bound, then full.
+        let small: Vec<Frame> = (0..7).map(|i| Frame::text(&format!("n{i}"))).collect();
+        for frame in &small {
+            assert_eq!(out.push(frame), Pushed::Accepted);
+        }
+        assert_eq!(flusher.waiting(), 0);
+        assert_eq!(out.pending.lock().queue.len(), 8);
+        assert_eq!(out.push(&small[0]), Pushed::Full);
+
+        // The client reads while the writer's part drains the queue.
+        let drainer = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while out.drain() == Drained::Blocked {
+                    out.writable().await.unwrap();
+                }
+            })
+        };
+        let mut expected = big.wire().repeat(pushed);
+        for frame in &small {
+            expected.extend_from_slice(frame.wire());
+        }
+        let got = read_exactly(&mut client, expected.len()).await;
+        assert!(got == expected, "the byte stream differs from the frames in order");
+        drainer.await.unwrap();
+        assert!(out.pending.lock().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_seal_with_a_code_finishes_the_partial_frame_then_says_goodbye() {
+        let (out, mut client, flusher) = pair(8, 4096).await;
+        let big = Frame::text(&"y".repeat(60_000));
+        let pushed = fill(&out, &flusher, &big);
+        out.push(&Frame::text("dropped"));
+        let partial = out.pending.lock().front_started;
+        let goodbye = close_frame_for_test();
+        out.seal(Some(ErrorCode::OVER_CAPACITY), std::slice::from_ref(&goodbye));
+        assert_eq!(out.push(&big), Pushed::Gone);
+        let drainer = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while out.drain() == Drained::Blocked {
+                    out.writable().await.unwrap();
+                }
+                out.shutdown();
+            })
+        };
+        let frames = if partial { pushed } else { pushed - 1 };
+        let mut expected = big.wire().repeat(frames);
+        expected.extend_from_slice(&goodbye);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert!(got == expected, "{} bytes, expected {}", got.len(), expected.len());
+        drainer.await.unwrap();
+    }
+
+    fn close_frame_for_test() -> Bytes {
+        herald_adapter::close_frame(4100, "slow")
+    }
+
+    #[tokio::test]
+    async fn tungstenite_replies_join_the_queue_and_a_full_queue_closes_with_4100() {
+        let (out, mut client, flusher) = pair(1, 4096).await;
+        let listener_side = out.sock.clone();
+        let (conn, _rx) = Connection::new(SocketId { major: 1, minor: 1 }, 1);
+        let mut io = SocketIo::new(listener_side, Bytes::new(), out.clone(), conn.clone());
+        use tokio::io::AsyncWriteExt;
+        io.write_all(b"\x8a\x00").await.unwrap();
+        flusher.flush_now();
+        assert_eq!(read_exactly(&mut client, 2).await, b"\x8a\x00");
+        let big = Frame::text(&"z".repeat(60_000));
+        fill(&out, &flusher, &big);
+        io.write_all(b"\x8a\x00").await.unwrap();
+        assert_eq!(conn.close_requested(), Some(ErrorCode::OVER_CAPACITY));
+    }
+}
