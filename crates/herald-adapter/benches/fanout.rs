@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
 use herald_adapter::{text_frame, Connection, Frame, Namespace, NoLifecycle, Outlet, Pushed, SingleNode, Subscription};
 use herald_metrics::{AppMetrics, Metrics};
 use herald_protocol::message::{self, EventData};
@@ -70,7 +71,7 @@ fn fanout(c: &mut Criterion) {
                         for _ in 0..iters {
                             let started = Instant::now();
                             for (name, frame) in s.channels.iter().zip(&s.frames) {
-                                black_box(s.ns.broadcast(name, frame, None));
+                                black_box(s.ns.fan_out(name, frame, None, false).now_or_never().unwrap());
                             }
                             total += started.elapsed();
                             drain(&mut s.queues);
@@ -167,7 +168,7 @@ fn fanout_waking(c: &mut Criterion) {
                     for _ in 0..iters {
                         let before = received.load(std::sync::atomic::Ordering::Relaxed);
                         let started = Instant::now();
-                        black_box(s.ns.broadcast(&s.channels[0], &s.frames[0], None));
+                        black_box(s.ns.fan_out(&s.channels[0], &s.frames[0], None, false).await);
                         total += started.elapsed();
                         while received.load(std::sync::atomic::Ordering::Relaxed) < before + subscribers {
                             tokio::task::yield_now().await;
@@ -182,7 +183,7 @@ fn fanout_waking(c: &mut Criterion) {
 }
 
 /// The design choice behind the local fan-out, measured: a synchronous
-/// `try_send` into every bounded queue (what `Namespace::broadcast` does)
+/// `try_send` into every bounded queue (what `Namespace::fan_out` does between its yields)
 /// against awaiting `send` per recipient through a `buffer_unordered(64)`
 /// stream (the per-recipient future some servers use). Same 19,000 bounded
 /// queues, same shared frame, queues drained between iterations.

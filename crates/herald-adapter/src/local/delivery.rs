@@ -19,21 +19,6 @@ use super::Namespace;
 use crate::connection::{Connection, Frame, SendOutcome};
 
 impl Namespace {
-    /// Queues `frame` to every local subscriber of `channel` except `except`,
-    /// in one go without yielding (benchmarks and tests; the adapters use
-    /// [`Namespace::fan_out`]).
-    pub fn broadcast(&self, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
-        let started = Instant::now();
-        let snapshot = match self.channels.lock(channel).get_mut(channel) {
-            Some(state) => state.snapshot(),
-            None => return 0,
-        };
-        let delivered = deliver(&snapshot, frame, except, &self.metrics);
-        self.metrics.delivered(delivered as u64, frame.len());
-        self.metrics.broadcast_fanout_seconds.record(started.elapsed().as_secs_f64());
-        delivered
-    }
-
     /// Queues `frame` to every local subscriber of `channel` except
     /// `except`, giving the runtime worker back every [`STEP`] × 128
     /// recipients at most (see [`deliver_yielding`]): a 19,000-subscriber

@@ -273,6 +273,7 @@ impl Adapter for LocalAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use herald_metrics::Metrics;
     use herald_protocol::presence::PresenceMember;
     use serde_json::json;
@@ -396,12 +397,12 @@ mod tests {
         drain(&mut ra);
         drain(&mut rb);
         let frame = crate::text_frame("hello".into());
-        assert_eq!(ns.broadcast("c", &frame, Some(a.socket_id)), 1);
+        assert_eq!(ns.fan_out("c", &frame, Some(a.socket_id), false).now_or_never().unwrap(), 1);
         assert!(drain(&mut ra).is_empty());
         assert_eq!(drain(&mut rb), vec!["hello"]);
         ns.unsubscribe(&b, "c");
-        assert_eq!(ns.broadcast("c", &frame, None), 1);
-        assert_eq!(ns.broadcast("none", &frame, None), 0);
+        assert_eq!(ns.fan_out("c", &frame, None, false).now_or_never().unwrap(), 1);
+        assert_eq!(ns.fan_out("none", &frame, None, false).now_or_never().unwrap(), 0);
     }
 
     #[test]

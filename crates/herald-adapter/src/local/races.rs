@@ -256,7 +256,7 @@ fn a_busy_channel_does_not_stall_the_others() {
         thread::spawn(move || {
             let (b, _rb) = conn(1, 2);
             ns.subscribe(&b, &sub(&other, None), false).unwrap();
-            let delivered = ns.broadcast(&other, &crate::text_frame("\"x\"".into()), None);
+            let delivered = ns.fan_out(&other, &crate::text_frame("\"x\"".into()), None, false).now_or_never().unwrap();
             let count = ns.subscription_count(&other);
             let _ = done.send((delivered, count));
         })
