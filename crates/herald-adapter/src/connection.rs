@@ -48,6 +48,10 @@ pub trait Outlet: Send + Sync {
     fn push_reply(&self, frame: &Frame) -> Pushed {
         self.push(frame)
     }
+
+    /// Starts loading what [`Outlet::push`] reads first (see
+    /// [`crate::prefetch`]); a fan-out calls it a few recipients ahead.
+    fn prefetch(&self) {}
 }
 
 enum Outbox {
@@ -105,6 +109,23 @@ impl Connection {
     /// A handle whose frames go to `outlet` (the server's socket writer).
     pub fn with_outlet(socket_id: SocketId, outlet: Arc<dyn Outlet>) -> Arc<Self> {
         Self::with_outbox(socket_id, Outbox::Outlet(outlet))
+    }
+
+    /// Starts loading the fields a delivery reads ([`crate::prefetch`]);
+    /// a fan-out calls it several recipients ahead.
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::prefetch(&self.closed);
+        crate::prefetch(&self.outbox);
+    }
+
+    /// Starts loading what the outlet reads on a delivery; call it after
+    /// [`Connection::prefetch`] had time to bring this connection in.
+    #[inline]
+    pub fn prefetch_outlet(&self) {
+        if let Outbox::Outlet(outlet) = &self.outbox {
+            outlet.prefetch();
+        }
     }
 
     /// Sends a frame to this connection alone without waiting (a reply:

@@ -14,6 +14,7 @@ mod frame;
 mod lifecycle;
 mod local;
 pub mod nats;
+mod prefetch;
 pub mod redis;
 pub mod redis_cluster;
 mod replica;
@@ -28,6 +29,7 @@ pub use local::{
     PresenceFull, SignInOutcome, SubscribeOutcome, UnsubscribeOutcome, UserDeparture, DEFAULT_CACHE_CHANNELS,
     DEFAULT_CACHE_TTL,
 };
+pub use prefetch::prefetch;
 pub use replica::{Change, NodeAppState, NodeId, Replica, SingleNode};
 
 /// Encodes serialized JSON as a WebSocket text frame, once; clone it per

@@ -61,25 +61,47 @@ pub struct Readers {
 pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers) -> std::io::Result<FloorReport> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let mut writers = Vec::with_capacity(sockets);
-    let mut readers = Vec::with_capacity(sockets);
-    for _ in 0..sockets {
-        let client = TcpStream::connect(addr)?;
-        let (server, _) = listener.accept()?;
-        server.set_nodelay(true)?;
-        writers.push(server);
-        readers.push(client);
-    }
     let frame = ws_frame(payload);
-    pin(readers_mode.writer_cpu);
     let mut per_round = Vec::with_capacity(rounds);
     if readers_mode.live {
+        // The receiving ends live in a child process, so this process holds
+        // one descriptor per socket, as a server does, and the floor can be
+        // measured at the server's socket count (19,000 here; the hard
+        // descriptor limit is 20,000 per process).
         let expected = sockets * rounds * frame.len();
-        let reader_cpu = readers_mode.reader_cpu;
-        let reader = std::thread::spawn(move || {
-            pin(reader_cpu);
-            epoll_drain(&readers, expected)
-        });
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["floor-reader", "--addr", &addr.to_string(), "--sockets", &sockets.to_string()])
+            .args(["--expected", &expected.to_string()])
+            .args(readers_mode.reader_cpu.map(|c| format!("--cpu={c}")))
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut writers = Vec::with_capacity(sockets);
+        listener.set_nonblocking(true)?;
+        while writers.len() < sockets {
+            match listener.accept() {
+                Ok((server, _)) => {
+                    server.set_nonblocking(false)?;
+                    server.set_nodelay(true)?;
+                    writers.push(server);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Some(status) = child.try_wait()? {
+                        return Err(std::io::Error::other(format!("floor reader ended early: {status}")));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")),
+            &mut ready,
+        )?;
+        if ready.trim() != "ready" {
+            return Err(std::io::Error::other(format!("floor reader did not start: {ready:?}")));
+        }
+        pin(readers_mode.writer_cpu);
         std::thread::sleep(std::time::Duration::from_millis(100));
         for _ in 0..rounds {
             let started = thread_cpu_secs();
@@ -89,8 +111,21 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
             per_round.push((thread_cpu_secs() - started) * 1e6 / sockets as f64);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        reader.join().expect("reader thread")?;
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("floor reader failed: {status}")));
+        }
     } else {
+        let mut writers = Vec::with_capacity(sockets);
+        let mut readers = Vec::with_capacity(sockets);
+        for _ in 0..sockets {
+            let client = TcpStream::connect(addr)?;
+            let (server, _) = listener.accept()?;
+            server.set_nodelay(true)?;
+            writers.push(server);
+            readers.push(client);
+        }
+        pin(readers_mode.writer_cpu);
         for _ in 0..rounds {
             let started = thread_cpu_secs();
             for w in &mut writers {
@@ -114,9 +149,32 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
     })
 }
 
+/// The floor's reading process: connects `sockets` clients to `addr`,
+/// says "ready" on stdout, then reads them from epoll until `expected`
+/// bytes have arrived (or 5 s pass with nothing).
+pub fn reader(addr: std::net::SocketAddr, sockets: usize, expected: usize, cpu: Option<usize>) -> std::io::Result<()> {
+    pin(cpu);
+    let mut readers = Vec::with_capacity(sockets);
+    for i in 0..sockets {
+        // From 16 source addresses, as `run`'s clients: one address's
+        // ephemeral ports may still be held by an earlier run's sockets.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i % 16) as u8);
+        socket.bind(&std::net::SocketAddr::new(source.into(), 0).into())?;
+        socket.connect(&addr.into())?;
+        readers.push(TcpStream::from(socket));
+    }
+    println!("ready");
+    let left = epoll_drain(&readers, expected)?;
+    if left > 0 {
+        return Err(std::io::Error::other(format!("{left} bytes never arrived")));
+    }
+    Ok(())
+}
+
 /// Reads every receiver from one thread blocked in epoll until `expected`
-/// bytes have arrived.
-fn epoll_drain(readers: &[TcpStream], mut expected: usize) -> std::io::Result<()> {
+/// bytes have arrived; returns how many did not (after 5 s of silence).
+fn epoll_drain(readers: &[TcpStream], mut expected: usize) -> std::io::Result<usize> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     // SAFETY: plain epoll calls on descriptors this function's caller owns.
@@ -147,7 +205,7 @@ fn epoll_drain(readers: &[TcpStream], mut expected: usize) -> std::io::Result<()
         }
     }
     unsafe { libc::close(epoll) };
-    Ok(())
+    Ok(expected)
 }
 
 fn drain(stream: &mut TcpStream, mut left: usize) -> std::io::Result<()> {

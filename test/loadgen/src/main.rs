@@ -31,6 +31,18 @@ enum Command {
     Run(Box<RunArgs>),
     /// Measure the kernel's CPU cost per small write to loopback sockets.
     Floor(FloorArgs),
+    /// Internal: the reading process of `floor`.
+    #[command(hide = true)]
+    FloorReader {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        sockets: usize,
+        #[arg(long)]
+        expected: usize,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// Internal: one worker process of `run`.
     #[command(hide = true)]
     Worker {
@@ -117,7 +129,8 @@ pub struct RunArgs {
 
 #[derive(Parser)]
 struct FloorArgs {
-    /// Loopback socket pairs (each uses two descriptors).
+    /// Loopback sockets written to (the receiving ends are in a child
+    /// process with live readers, so this can match the server's count).
     #[arg(long, default_value_t = 9000)]
     sockets: usize,
     /// Payload bytes per frame (match the server's frame size).
@@ -155,6 +168,9 @@ fn main() -> std::process::ExitCode {
             Ok(args) => runtime.block_on(worker::run(args, index, count)),
             Err(e) => Err(format!("bad worker spec: {e}")),
         },
+        Command::FloorReader { addr, sockets, expected, cpu } => {
+            floor::reader(addr, sockets, expected, cpu).map_err(|e| e.to_string())
+        }
         Command::Floor(args) => {
             floor::run(
             args.sockets,

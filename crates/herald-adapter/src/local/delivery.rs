@@ -98,18 +98,26 @@ pub(super) async fn deliver_yielding(
     metrics: &AppMetrics,
 ) -> usize {
     let mut delivered = 0;
-    for chunk in recipients.chunks(STEP) {
+    let mut start = 0;
+    while start < recipients.len() {
+        let end = (start + STEP).min(recipients.len());
         if have_it.is_empty() {
-            delivered += deliver(chunk, frame, except, metrics);
+            delivered += deliver_range(recipients, start..end, frame, except, metrics);
         } else {
-            for conn in chunk.iter().filter(|c| !have_it.contains(&c.socket_id)) {
+            for conn in recipients[start..end].iter().filter(|c| !have_it.contains(&c.socket_id)) {
                 delivered += deliver(std::slice::from_ref(conn), frame, except, metrics);
             }
         }
+        start = end;
         tokio::task::consume_budget().await;
     }
     delivered
 }
+
+/// How many recipients ahead a fan-out asks for a connection's state
+/// ([`crate::prefetch`]); its outlet is asked for half as far ahead, once
+/// the connection itself has had time to arrive.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Enqueues one shared frame per recipient; returns how many were queued.
 /// A slow consumer found during a delivery is counted once, when its
@@ -120,8 +128,27 @@ pub(super) fn deliver(
     except: Option<SocketId>,
     metrics: &AppMetrics,
 ) -> usize {
+    deliver_range(recipients, 0..recipients.len(), frame, except, metrics)
+}
+
+/// [`deliver`] to `recipients[range]`, prefetching from the whole slice
+/// (so the next range's first recipients are already on their way).
+fn deliver_range(
+    recipients: &[Arc<Connection>],
+    range: std::ops::Range<usize>,
+    frame: &Frame,
+    except: Option<SocketId>,
+    metrics: &AppMetrics,
+) -> usize {
     let mut delivered = 0;
-    for conn in recipients {
+    for i in range {
+        if let Some(ahead) = recipients.get(i + PREFETCH_AHEAD) {
+            ahead.prefetch();
+        }
+        if let Some(ahead) = recipients.get(i + PREFETCH_AHEAD / 2) {
+            ahead.prefetch_outlet();
+        }
+        let conn = &recipients[i];
         if Some(conn.socket_id) == except {
             continue;
         }

@@ -27,6 +27,11 @@ use super::socket::Outbound;
 /// one `writev`, a few µs: ≈ 1 ms of work).
 const FLUSH_STEP: usize = 128;
 
+/// How many connections ahead of its write the flusher asks for the next
+/// one's state ([`herald_adapter::prefetch`]): each write is a syscall of a
+/// few µs, plenty of time for a cache miss to resolve.
+const PREFETCH_AHEAD: usize = 2;
+
 /// One flusher's ready list and wake-up.
 #[derive(Default)]
 pub(crate) struct Flusher {
@@ -76,12 +81,16 @@ impl Flusher {
                 if batch.is_empty() {
                     break;
                 }
-                for chunk in batch.chunks(FLUSH_STEP) {
-                    for out in chunk {
-                        out.flush();
+                for (i, out) in batch.iter().enumerate() {
+                    if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                        ahead.prefetch_flush();
                     }
-                    tokio::task::yield_now().await;
+                    out.flush();
+                    if (i + 1) % FLUSH_STEP == 0 {
+                        tokio::task::yield_now().await;
+                    }
                 }
+                tokio::task::yield_now().await;
                 batch.clear();
             }
         }
