@@ -571,22 +571,28 @@ impl HeraldProcess {
 /// stale one would test old code).
 pub fn herald_bin() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
-            let mut build = std::process::Command::new(env!("CARGO"));
-            // From the workspace root and without -p, exactly as scripts/test
-            // builds it, so the features match and this is a no-op there.
-            build.args(["build", "--bin", "herald"]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "cargo build --bin herald failed");
-            dir.join("herald")
-        })
-        .clone()
+    BUILT.get_or_init(|| built_bin("herald")).clone()
+}
+
+/// `target/<profile>/herald-loadgen`, built the same way as [`herald_bin`].
+pub fn loadgen_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| built_bin("herald-loadgen")).clone()
+}
+
+fn built_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let mut build = std::process::Command::new(env!("CARGO"));
+    // From the workspace root and without -p, exactly as scripts/test
+    // builds it, so the features match and this is a no-op there.
+    build.args(["build", "--bin", name]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --bin {name} failed");
+    dir.join(name)
 }
 
 /// A listening address to connect to: the unspecified address becomes loopback.

@@ -227,11 +227,11 @@ mod tests {
     fn frames_have_websocket_headers() {
         assert_eq!(super::ws_frame(5)[..2], [0x81, 5]);
         assert_eq!(super::ws_frame(300).len(), 304);
-        for live in [false, true] {
-            let readers = super::Readers { live, writer_cpu: None, reader_cpu: None };
-            let r = super::run(4, 100, 2, readers).unwrap();
-            assert_eq!(r.frame_bytes, 102);
-            assert!(r.cpu_us_per_write >= 0.0);
-        }
+        // With live readers the receiving ends are a child process of the
+        // binary itself: tests/floor.rs runs that one.
+        let readers = super::Readers { live: false, writer_cpu: None, reader_cpu: None };
+        let r = super::run(4, 100, 2, readers).unwrap();
+        assert_eq!(r.frame_bytes, 102);
+        assert!(r.cpu_us_per_write >= 0.0);
     }
 }

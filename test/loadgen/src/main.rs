@@ -11,6 +11,7 @@
 mod coordinator;
 mod floor;
 mod hist;
+mod lean;
 mod probe;
 mod procstat;
 mod worker;

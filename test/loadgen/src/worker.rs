@@ -8,16 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt};
-use futures_util::SinkExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::hist::Histogram;
+use crate::lean::{Incoming, LeanWs};
 use crate::RunArgs;
 
 /// The event name every loadgen broadcast uses.
@@ -63,7 +61,7 @@ fn emit(line: Value) {
     println!("{line}");
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = LeanWs;
 
 /// Connects `n` newcomers (ids from `first`) and times each until
 /// `connection_established`; returns the histogram (µs) and the sockets.
@@ -178,7 +176,7 @@ async fn open(args: &RunArgs, i: usize) -> Result<Ws, String> {
     let mut ws = handshake(args, i).await?;
     let channel = format!("{}{}", args.channel_prefix, i % args.channels.max(1));
     let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-    ws.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
+    ws.send_text(&subscribe.to_string()).await?;
     next_json(&mut ws, "pusher_internal:subscription_succeeded").await?;
     Ok(ws)
 }
@@ -186,8 +184,7 @@ async fn open(args: &RunArgs, i: usize) -> Result<Ws, String> {
 /// Connects client `i` and reads `connection_established`.
 async fn handshake(args: &RunArgs, i: usize) -> Result<Ws, String> {
     let base = &args.url[i % args.url.len()];
-    let url =
-        format!("{}/app/{}?protocol=7&client=herald-loadgen&version=0.1", base.trim_end_matches('/'), args.app_key);
+    let path = format!("/app/{}?protocol=7&client=herald-loadgen&version=0.1", args.app_key);
     let host = base.trim_start_matches("ws://").trim_end_matches('/');
     let addr: SocketAddr = tokio::net::lookup_host(host)
         .await
@@ -200,27 +197,25 @@ async fn handshake(args: &RunArgs, i: usize) -> Result<Ws, String> {
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).map_err(|e| e.to_string())?;
     }
     let stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| format!("handshake: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut ws = LeanWs::handshake(stream, host, &path).await.map_err(|e| format!("handshake: {e}"))?;
     next_json(&mut ws, "pusher:connection_established").await?;
     Ok(ws)
 }
 
-async fn next_json(ws: &mut Ws, event: &str) -> Result<Value, String> {
+/// Reads frames until one with `event` arrives (an error event fails).
+async fn next_json(ws: &mut Ws, event: &str) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| format!("no {event} within 30 s"))?
-            .ok_or("closed")?
-            .map_err(|e| e.to_string())?;
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
-            if v["event"] == event {
-                return Ok(v);
-            }
-            if v["event"] == "pusher:error" || v["event"] == "pusher:subscription_error" {
-                return Err(format!("server said {v}"));
-            }
+        let incoming =
+            tokio::time::timeout_at(deadline, ws.next()).await.map_err(|_| format!("no {event} within 30 s"))??;
+        let Incoming::Text(text) = incoming else { return Err("closed".into()) };
+        let frame: Frame = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if frame.event == event {
+            return Ok(());
+        }
+        if frame.event == "pusher:error" || frame.event == "pusher:subscription_error" {
+            return Err(format!("server said {text}"));
         }
     }
 }
@@ -248,18 +243,17 @@ async fn receive(mut ws: Ws, rounds: usize, burst: usize, mut stop: watch::Recei
     let mut last_seq: Option<u64> = None;
     let mut seen = vec![false; rounds * burst.max(1)];
     loop {
-        let msg = tokio::select! {
-            msg = ws.next() => msg,
+        let incoming = tokio::select! {
+            incoming = ws.next() => incoming,
             _ = stop.changed() => break,
         };
-        let Some(Ok(msg)) = msg else { break };
-        let Message::Text(text) = msg else { continue };
+        let Ok(Incoming::Text(text)) = incoming else { break };
         let now = now_ns();
-        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+        let Ok(frame) = serde_json::from_str::<Frame>(text) else { continue };
         match frame.event.as_ref() {
             EVENT => {}
             "pusher:ping" => {
-                let _ = ws.send(Message::Text(r#"{"event":"pusher:pong","data":{}}"#.into())).await;
+                let _ = ws.send_text(r#"{"event":"pusher:pong","data":{}}"#).await;
                 continue;
             }
             _ => continue,
