@@ -148,6 +148,26 @@ async fn answering_pings_keeps_the_connection() {
 }
 
 #[tokio::test]
+async fn a_client_that_keeps_talking_is_never_pinged() {
+    let server = TestServer::with(|c| {
+        c.activity_timeout = Duration::from_secs(1);
+        c.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = server.connect().await;
+    // 2.4 s of a frame every 300 ms: the server's idle timer (1 s) keeps
+    // being pushed back, so every frame that arrives is our pong, never a
+    // ping of the server's, and the connection stays open past the 2 s a
+    // silent client gets.
+    for _ in 0..8 {
+        client.send(json!({"event": "pusher:ping", "data": {}})).await;
+        assert_eq!(client.recv().await["event"], "pusher:pong");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(client.subscribe("still-open").await["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_survives() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;

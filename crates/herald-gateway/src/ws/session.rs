@@ -128,8 +128,15 @@ impl Session {
         let drain_turn = state.drain.turn();
         tokio::pin!(drain_turn);
         let mut drain_seen = false;
+        // Two timers for the connection's life, not one per frame: the idle
+        // timer is re-armed only when it fires early (a frame arrived since
+        // it was set), so reading a frame costs a clock read, not a timer
+        // wheel insertion and removal.
+        let idle = tokio::time::sleep_until(last_seen + activity);
+        tokio::pin!(idle);
+        let signin = tokio::time::sleep_until(signin_deadline);
+        tokio::pin!(signin);
         loop {
-            let idle_deadline = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
             let awaiting_signin = signin_timeout > 0 && self.conn.user_id().is_none();
             tokio::select! {
                 biased;
@@ -163,15 +170,19 @@ impl Session {
                         Some(Err(_)) => break,
                     }
                 }
-                _ = tokio::time::sleep_until(idle_deadline) => {
-                    if ping_sent {
+                _ = &mut idle => {
+                    let due = if ping_sent { last_seen + activity + pong_timeout } else { last_seen + activity };
+                    if Instant::now() < due {
+                        idle.as_mut().reset(due);
+                    } else if ping_sent {
                         self.conn.close(ErrorCode::PONG_NOT_RECEIVED);
                     } else {
                         self.reply(text_frame(message::ping()));
                         ping_sent = true;
+                        idle.as_mut().reset(last_seen + activity + pong_timeout);
                     }
                 }
-                _ = tokio::time::sleep_until(signin_deadline), if awaiting_signin => {
+                _ = &mut signin, if awaiting_signin => {
                     self.conn.close(ErrorCode::UNAUTHORIZED);
                 }
             }
