@@ -3,8 +3,9 @@
 //! channel of N and for 50 channels of N/50, with metrics on and off; and
 //! (`fanout_outlet`) the server's path up to the kernel write: serialize,
 //! encode the frame once, hand its bytes to every subscriber's outlet (an
-//! outlet that takes them without a syscall). Reported per recipient
-//! (criterion's "elements").
+//! outlet that takes them without a syscall; `fanout_outlets`: one outlet
+//! per connection, spread in memory as in the server). Reported per
+//! recipient (criterion's "elements").
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -139,6 +140,105 @@ fn fanout_outlet(c: &mut Criterion) {
     group.finish();
 }
 
+/// A connection's own outlet, shaped like the gateway's `Outbound`: a lock
+/// around an inline queue slot and a ready mark; the first frame puts the
+/// connection on a shared ready list (the flusher's).
+struct Queued {
+    pending: parking_lot::Mutex<(Option<bytes::Bytes>, usize, bool)>,
+    ready: Arc<parking_lot::Mutex<Vec<Arc<Queued>>>>,
+    me: std::sync::Weak<Queued>,
+}
+
+impl Outlet for Queued {
+    fn push(&self, frame: &Frame) -> Pushed {
+        let mut pending = self.pending.lock();
+        let idle = pending.0.is_none() && !pending.2;
+        if pending.0.is_none() {
+            pending.0 = Some(frame.wire().clone());
+        } else {
+            pending.1 += 1;
+        }
+        if idle {
+            pending.2 = true;
+            drop(pending);
+            if let Some(me) = self.me.upgrade() {
+                self.ready.lock().push(me);
+            }
+        }
+        Pushed::Accepted
+    }
+
+    fn prefetch(&self) {
+        herald_adapter::prefetch(&self.pending);
+    }
+}
+
+/// `fanout_outlet` with one outlet per connection, each a separate
+/// allocation between ≈ 6 KB of other per-connection memory (a live
+/// connection's footprint), so the recipients' state is spread as in the
+/// server and its cache misses are paid: the fan-out up to the kernel write
+/// (serialize, frame once, enqueue and mark ready). Only the broadcast is
+/// timed; the ready list is emptied between broadcasts, as the flusher does.
+fn fanout_outlets(c: &mut Criterion) {
+    let registry = Metrics::new("bench");
+    let mut group = c.benchmark_group("fanout_outlets");
+    group.measurement_time(Duration::from_secs(3));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let payload = "x".repeat(100);
+    for subscribers in [10_000usize, 19_000] {
+        group.throughput(Throughput::Elements(subscribers as u64));
+        for channels in [1usize, 50] {
+            let ns = Namespace::new("bench", registry.app("bench"), Arc::new(NoLifecycle), Arc::new(SingleNode));
+            let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
+            let ready = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let mut footprint = Vec::new();
+            let mut outlets = Vec::new();
+            let _conns: Vec<_> = (0..subscribers)
+                .map(|i| {
+                    footprint.push(vec![1u8; 6 * 1024]);
+                    let outlet = Arc::new_cyclic(|me| Queued {
+                        pending: parking_lot::Mutex::new((None, 0, false)),
+                        ready: ready.clone(),
+                        me: me.clone(),
+                    });
+                    outlets.push(outlet.clone());
+                    let conn = Connection::with_outlet(SocketId { major: 1, minor: i as u64 }, outlet);
+                    let request = Subscription {
+                        channel: names[i % channels].clone(),
+                        member: None,
+                        max_members: 100,
+                        is_cache: false,
+                    };
+                    ns.subscribe(&conn, &request, false).unwrap();
+                    conn
+                })
+                .collect();
+            group.bench_function(BenchmarkId::new(format!("{channels}ch"), subscribers), |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        runtime.block_on(async {
+                            for name in &names {
+                                let json = message::event("bench-event", Some(name), EventData::Text(&payload), None);
+                                black_box(ns.fan_out(name, &text_frame(json), None, false).await);
+                            }
+                        });
+                        timed += started.elapsed();
+                        for out in std::mem::take(&mut *ready.lock()) {
+                            *out.pending.lock() = (None, 0, false);
+                        }
+                    }
+                    timed
+                })
+            });
+            black_box(&footprint);
+            black_box(&outlets);
+        }
+    }
+    group.finish();
+}
+
 /// The same fan-out with a task awaiting every queue, as in the server: each
 /// enqueue now also wakes and schedules that connection's task.
 fn fanout_waking(c: &mut Criterion) {
@@ -238,5 +338,5 @@ fn fanout_strategies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, fanout_outlet, fanout_waking, fanout_strategies);
+criterion_group!(benches, fanout, fanout_outlet, fanout_outlets, fanout_waking, fanout_strategies);
 criterion_main!(benches);
