@@ -6,7 +6,7 @@
 //! flushers — one per runtime worker — drains those lists: per connection
 //! one `writev` of everything queued, so back-to-back broadcasts leave in
 //! one write and the REST call returns without waiting for the kernel.
-//! What the kernel refuses stays queued for the connection's writer task.
+//! What the kernel refuses stays queued for the connection's session loop.
 //!
 //! A ready list holds each connection at most once (its `ready` mark is
 //! cleared only when its flusher takes it), so it is bounded by the number

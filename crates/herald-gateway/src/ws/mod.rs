@@ -1,5 +1,6 @@
 //! The WebSocket side of the gateway: the upgrade at `/app/{key}` and one
-//! session (a reader task plus a writer task) per connection.
+//! session (one task: the reader loop, which also drains what the kernel
+//! refused to the flusher) per connection.
 
 mod flush;
 mod session;

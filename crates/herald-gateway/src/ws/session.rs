@@ -2,9 +2,13 @@
 //! frames, and the bookkeeping around it (keep-alive, sign-in deadline,
 //! frame and client-event rate limits, departure).
 //!
-//! The reader never writes to the socket itself: every reply is sent like a
+//! The reader never writes to the socket directly: every reply is sent like a
 //! broadcast (`Connection::send`: queued behind what is waiting, written by
-//! the flusher), so replies and broadcasts keep their order.
+//! the flusher), so replies and broadcasts keep their order. When the
+//! kernel refuses part of the queue, the reader loop itself waits for the
+//! socket to become writable and drains it (`Outbound::drain`), so a
+//! connection is one task, not a reader and a writer; the goodbye frames
+//! are sent by `writer::goodbye` once the loop ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::socket::{Outbound, SocketIo};
+use super::socket::{Drained, Outbound, SocketIo};
 use super::upgrade::Admission;
 use super::writer;
 use crate::apps::App;
@@ -57,7 +61,6 @@ pub(super) async fn run(
     };
     let _open = state.drain.open();
     tracing::debug!(app = %app.config.id, %socket_id, "connection opened");
-    let writer = state.tracker.spawn(writer::run(out, conn.clone()));
     // The quota is checked and reserved in one step (a burst of connects
     // cannot all pass a separate count).
     match state.adapter.add_connection(&app.config.id, conn.clone(), app.config.max_connections) {
@@ -65,13 +68,13 @@ pub(super) async fn run(
         Err(AdapterError::OverQuota(_)) => {
             app.metrics.rejected(Rejection::OverConnectionQuota);
             conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
-            let _ = writer.await;
+            writer::run(out, conn).await;
             return;
         }
         Err(e) => {
             tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
             conn.close(ErrorCode::APP_NOT_FOUND);
-            let _ = writer.await;
+            writer::run(out, conn).await;
             return;
         }
     }
@@ -87,6 +90,7 @@ pub(super) async fn run(
         state: state.clone(),
         app: app.clone(),
         conn: conn.clone(),
+        out: out.clone(),
         presence_users: HashMap::new(),
         rate: RateLimiter::new(app.config.client_event_rate, app.config.client_event_rate),
         frames: FrameLimiter::for_app(&state.config, &app.config),
@@ -95,15 +99,18 @@ pub(super) async fn run(
 
     let close_code = conn.close_requested().map(|c| c.as_u16());
     tracing::debug!(app = %app.config.id, %socket_id, ?close_code, "connection closed");
-    state.cleanup.depart(&app.id, conn).await;
+    state.cleanup.depart(&app.id, conn.clone()).await;
     app.metrics.connection_closed();
-    let _ = writer.await;
+    writer::goodbye(&out, &conn).await;
 }
 
 struct Session {
     state: Arc<State>,
     app: Arc<App>,
     conn: Arc<Connection>,
+    /// The connection's outbound queue: the reader loop also drains what
+    /// the kernel refused to the flusher (no writer task per connection).
+    out: Arc<Outbound>,
     /// Presence channels joined: channel → the user id joined as.
     presence_users: HashMap<String, Arc<str>>,
     rate: RateLimiter,
@@ -128,6 +135,9 @@ impl Session {
         let drain_turn = state.drain.turn();
         tokio::pin!(drain_turn);
         let mut drain_seen = false;
+        // The kernel refused part of the queue: wait until it takes more.
+        let mut blocked = false;
+        let out = self.out.clone();
         // Two timers for the connection's life, not one per frame: the idle
         // timer is re-armed only when it fires early (a frame arrived since
         // it was set), so reading a frame costs a clock read, not a timer
@@ -144,6 +154,21 @@ impl Session {
                 _ = &mut drain_turn, if !drain_seen => {
                     drain_seen = true;
                     self.conn.close(ErrorCode::RECONNECT);
+                }
+                _ = out.queued(), if !blocked => match out.drain() {
+                    Drained::Empty => {}
+                    Drained::Blocked => blocked = true,
+                    Drained::Dead => break,
+                },
+                ready = out.writable(), if blocked => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    match out.drain() {
+                        Drained::Empty => blocked = false,
+                        Drained::Blocked => {}
+                        Drained::Dead => break,
+                    }
                 }
                 frame = stream.next() => {
                     last_seen = Instant::now();

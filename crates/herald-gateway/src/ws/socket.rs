@@ -11,9 +11,9 @@
 //!   nothing queued, not marked ready — else appended like a broadcast;
 //! - the flusher ([`Outbound::flush`]): writes everything queued with
 //!   `writev` (many frames per syscall); what the kernel refuses stays
-//!   queued and the writer task is woken;
-//! - the writer task (`writer.rs`): runs only when the kernel refused
-//!   something, waits for writability and drains the queue, and sends the
+//!   queued and the session is woken;
+//! - the session's loop (`session.rs`): drains only when the kernel
+//!   refused something (waiting for writability); `writer.rs` sends the
 //!   closing frames;
 //! - the reader: tungstenite parses client frames from [`SocketIo`], which
 //!   reads the socket and appends what tungstenite writes (pong and close
@@ -53,7 +53,8 @@ pub(super) struct Outbound {
     raw: ManuallyDrop<socket2::Socket>,
     sock: Arc<TcpStream>,
     pending: Mutex<Pending>,
-    /// Wakes the writer task when the queue stops being empty.
+    /// Wakes the session when the kernel refused part of the queue (or the
+    /// socket failed).
     wake: Notify,
     /// Most frames queued (`outbound_queue`).
     bound: usize,
@@ -194,7 +195,7 @@ impl Outbound {
         if idle && direct {
             return self.write_now(pending, bytes);
         }
-        // A non-empty queue that is not marked ready is the writer's (the
+        // A non-empty queue that is not marked ready is the session's to drain (the
         // kernel refused part of it): it drains what is added too.
         pending.queue.push_back(bytes.clone());
         if idle {
@@ -210,11 +211,11 @@ impl Outbound {
     }
 
     /// Writes `bytes` to the idle socket now; what the kernel refuses is
-    /// queued for the writer task.
+    /// queued for the session to drain.
     fn write_now(&self, mut pending: parking_lot::MutexGuard<'_, Pending>, bytes: &Bytes) -> Pushed {
         // A plain `send` on the non-blocking socket, not tokio's `try_write`:
         // that first reads the socket's readiness state, one more cache
-        // miss. Nothing waits on write readiness here; the writer task's own
+        // miss. Nothing waits on write readiness here; the session's own
         // `try_write_vectored` keeps tokio's readiness right for it.
         let sock = self.raw();
         let mut written = 0;
@@ -243,7 +244,7 @@ impl Outbound {
     }
 
     /// The flusher's turn: clears the ready mark and writes what the kernel
-    /// takes now; if it refuses some (or the socket failed), the writer task
+    /// takes now; if it refuses some (or the socket failed), the session
     /// is woken to carry on.
     pub(super) fn flush(&self) {
         let mut pending = self.pending.lock();
@@ -257,7 +258,7 @@ impl Outbound {
         }
     }
 
-    /// Resolves when the writer has something to do (or was woken to
+    /// Resolves when the session has something to drain (or was woken to
     /// look at a failure).
     pub(super) async fn queued(&self) {
         self.wake.notified().await
@@ -275,7 +276,7 @@ impl Outbound {
     }
 
     /// With `raw` (the flusher) a plain `sendmsg`, skipping tokio's
-    /// readiness lookup (a cache miss per socket); the writer task uses
+    /// readiness lookup (a cache miss per socket); the session uses
     /// tokio's `try_write_vectored`, which keeps the readiness it waits on
     /// right (a stale "writable" after a raw WouldBlock costs it one retry).
     fn drain_locked(&self, pending: &mut Pending, raw: bool) -> Drained {
@@ -413,7 +414,7 @@ impl AsyncWrite for SocketIo {
         Poll::Ready(Ok(()))
     }
 
-    /// The writer task ends the stream, after the closing frames.
+    /// The session ends the stream, after the closing frames.
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }

@@ -1,13 +1,14 @@
-//! A connection's writer task: it runs only when the socket refused part of
-//! what the flusher wrote (`socket.rs`, `flush.rs`), and for the goodbye.
+//! How a connection's outbound queue is finished: the goodbye frames on a
+//! close request, drained within a short deadline, then FIN.
 //!
-//! Woken by the flusher when the kernel refused some of the queue (or the
-//! socket failed), it waits until the socket is writable and drains the
-//! queue with `writev`, so frames that piled up behind a busy socket leave
-//! in one write. When a close is requested it sends `pusher:error` and a close
-//! frame with the same code, within a short deadline, then ends the stream.
+//! While a connection is served, what the flusher could not write
+//! (`socket.rs`, `flush.rs`) is drained by the session's own loop
+//! (`session.rs`), so there is no writer task per connection. When a close
+//! is requested the loop ends and [`goodbye`] sends `pusher:error` and a
+//! close frame with the same code, then ends the stream. [`run`] serves a
+//! connection that is refused before its session starts: it waits for the
+//! close request and says goodbye.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,9 @@ use super::socket::{Drained, Outbound};
 /// How long a closing handshake may take.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
-pub(super) async fn run(out: Arc<Outbound>, conn: Arc<Connection>) {
+/// Drains the queue until a close is requested (or the socket fails), then
+/// says goodbye: for connections refused before their session starts.
+pub(super) async fn run(out: std::sync::Arc<Outbound>, conn: std::sync::Arc<Connection>) {
     let closing = conn.closing();
     tokio::pin!(closing);
     'serve: loop {
@@ -39,6 +42,15 @@ pub(super) async fn run(out: Arc<Outbound>, conn: Arc<Connection>) {
             }
         }
     }
+    goodbye(&out, &conn).await;
+}
+
+/// Seals the queue and sends the closing frames: with a requested close
+/// code, what was waiting is dropped (a partly written frame is finished)
+/// and `pusher:error` + a close frame with the code follow; without one
+/// (the client left) what is queued is still sent. Drained within
+/// [`CLOSE_DEADLINE`], then FIN.
+pub(super) async fn goodbye(out: &Outbound, conn: &Connection) {
     let code = conn.close_requested();
     let goodbye: Vec<Bytes> = match code {
         Some(code) => {
