@@ -56,6 +56,12 @@ pub struct Readers {
     pub live: bool,
     pub writer_cpu: Option<usize>,
     pub reader_cpu: Option<usize>,
+    /// Write each round in this many consecutive groups of sockets, with
+    /// `group_gap` between them (not timed): the pattern of broadcasts to
+    /// many smaller channels, where the readers catch up and fall asleep
+    /// between groups, so more writes pay for waking them.
+    pub groups: usize,
+    pub group_gap: std::time::Duration,
 }
 
 pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers) -> std::io::Result<FloorReport> {
@@ -103,12 +109,20 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
         }
         pin(readers_mode.writer_cpu);
         std::thread::sleep(std::time::Duration::from_millis(100));
+        let group_len = sockets.div_ceil(readers_mode.groups.max(1));
         for _ in 0..rounds {
-            let started = thread_cpu_secs();
-            for w in &mut writers {
-                w.write_all(&frame)?;
+            let mut cpu = 0.0;
+            for group in writers.chunks_mut(group_len) {
+                let started = thread_cpu_secs();
+                for w in group {
+                    w.write_all(&frame)?;
+                }
+                cpu += thread_cpu_secs() - started;
+                if !readers_mode.group_gap.is_zero() {
+                    std::thread::sleep(readers_mode.group_gap);
+                }
             }
-            per_round.push((thread_cpu_secs() - started) * 1e6 / sockets as f64);
+            per_round.push(cpu * 1e6 / sockets as f64);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let status = child.wait()?;
@@ -229,7 +243,13 @@ mod tests {
         assert_eq!(super::ws_frame(300).len(), 304);
         // With live readers the receiving ends are a child process of the
         // binary itself: tests/floor.rs runs that one.
-        let readers = super::Readers { live: false, writer_cpu: None, reader_cpu: None };
+        let readers = super::Readers {
+            live: false,
+            writer_cpu: None,
+            reader_cpu: None,
+            groups: 1,
+            group_gap: std::time::Duration::ZERO,
+        };
         let r = super::run(4, 100, 2, readers).unwrap();
         assert_eq!(r.frame_bytes, 102);
         assert!(r.cpu_us_per_write >= 0.0);

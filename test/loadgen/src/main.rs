@@ -149,6 +149,13 @@ struct FloorArgs {
     /// CPU to pin the reading thread to.
     #[arg(long)]
     reader_cpu: Option<usize>,
+    /// With live readers: write each round in this many groups of sockets
+    /// (as broadcasts to that many channels), pausing between them.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// The pause between groups, µs (not counted).
+    #[arg(long, default_value_t = 300)]
+    group_gap_us: u64,
     #[arg(long)]
     json: bool,
 }
@@ -177,15 +184,21 @@ fn main() -> std::process::ExitCode {
             args.sockets,
             args.payload,
             args.rounds,
-            floor::Readers { live: args.live_readers, writer_cpu: args.writer_cpu, reader_cpu: args.reader_cpu },
+            floor::Readers {
+                    live: args.live_readers,
+                    writer_cpu: args.writer_cpu,
+                    reader_cpu: args.reader_cpu,
+                    groups: args.groups,
+                    group_gap: std::time::Duration::from_micros(if args.groups > 1 { args.group_gap_us } else { 0 }),
+                },
         )
         .map_err(|e| e.to_string()).map(|report| {
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
                 } else {
                     println!(
-                        "kernel floor: {:.2} µs CPU per {}-byte write to {} loopback sockets (median of {} rounds, live readers: {})",
-                        report.cpu_us_per_write, report.frame_bytes, report.sockets, report.rounds, args.live_readers
+                        "kernel floor: {:.2} µs CPU per {}-byte write to {} loopback sockets in {} group(s) (median of {} rounds, live readers: {})",
+                        report.cpu_us_per_write, report.frame_bytes, report.sockets, args.groups, report.rounds, args.live_readers
                     );
                 }
             })
