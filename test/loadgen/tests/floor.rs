@@ -5,8 +5,20 @@ use std::process::Command;
 
 #[test]
 fn the_floor_writes_every_round_to_every_socket_read_by_a_child_process() {
+    check(&[]);
+}
+
+#[test]
+fn a_grouped_floor_still_writes_every_socket_every_round() {
+    // The child reader exits successfully only once every byte of every
+    // round arrived, so a group left out fails the run.
+    check(&["--groups", "7", "--group-gap-us", "100"]);
+}
+
+fn check(extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_herald-loadgen"))
         .args(["floor", "--sockets", "40", "--payload", "185", "--rounds", "3", "--json"])
+        .args(extra)
         .output()
         .expect("herald-loadgen runs");
     assert!(out.status.success(), "floor failed: {}", String::from_utf8_lossy(&out.stderr));
