@@ -168,6 +168,23 @@ async fn a_client_that_keeps_talking_is_never_pinged() {
 }
 
 #[tokio::test]
+async fn after_a_pong_the_next_ping_comes_one_activity_timeout_later_even_with_a_longer_pong_timeout() {
+    let server = TestServer::with(|c| {
+        c.activity_timeout = Duration::from_secs(1);
+        c.pong_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let mut client = server.connect().await;
+    assert_eq!(client.recv().await["event"], "pusher:ping");
+    client.send(json!({"event": "pusher:pong", "data": {}})).await;
+    let answered = std::time::Instant::now();
+    assert_eq!(client.recv().await["event"], "pusher:ping");
+    // Due 1 s after the pong; the pong deadline (4 s) must not stand in for it.
+    let waited = answered.elapsed();
+    assert!(waited < Duration::from_millis(2500), "the next ping came {waited:?} after the pong");
+}
+
+#[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_survives() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;

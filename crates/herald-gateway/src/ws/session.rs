@@ -99,9 +99,11 @@ pub(super) async fn run(
 
     let close_code = conn.close_requested().map(|c| c.as_u16());
     tracing::debug!(app = %app.config.id, %socket_id, ?close_code, "connection closed");
-    state.cleanup.depart(&app.id, conn.clone()).await;
+    // Side by side: the goodbye (up to 2 s for a slow client) must not hold
+    // up the departure, nor a departure that falls back to synchronous
+    // cleanup (a full queue, a slow fabric) hold up the close frame.
+    tokio::join!(state.cleanup.depart(&app.id, conn.clone()), writer::goodbye(&out, &conn));
     app.metrics.connection_closed();
-    writer::goodbye(&out, &conn).await;
 }
 
 struct Session {
@@ -172,7 +174,12 @@ impl Session {
                 }
                 frame = stream.next() => {
                     last_seen = Instant::now();
-                    ping_sent = false;
+                    if ping_sent {
+                        // The timer was armed for the pong deadline, which
+                        // may be later than the next activity deadline.
+                        ping_sent = false;
+                        idle.as_mut().reset(last_seen + activity);
+                    }
                     if matches!(frame, Some(Ok(ref m)) if !m.is_close()) && !self.frame_allowed() {
                         continue;
                     }
