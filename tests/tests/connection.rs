@@ -119,13 +119,19 @@ async fn a_burst_of_connects_cannot_exceed_the_quota() {
     assert_eq!(refused, BURST - MAX);
 }
 
+/// A server that pings after `activity` s of silence and closes with 4201
+/// `pong` s after an unanswered ping.
+async fn keep_alive_server(activity: u64, pong: u64) -> TestServer {
+    TestServer::with(move |c| {
+        c.activity_timeout = Duration::from_secs(activity);
+        c.pong_timeout = Duration::from_secs(pong);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn silent_client_is_pinged_then_closed_with_4201() {
-    let server = TestServer::with(|c| {
-        c.activity_timeout = Duration::from_secs(1);
-        c.pong_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let server = keep_alive_server(1, 1).await;
     let mut client = server.connect().await;
     assert_eq!(client.recv().await["event"], "pusher:ping");
     assert_eq!(client.expect_close().await.0, Closed::Code(4201));
@@ -133,11 +139,7 @@ async fn silent_client_is_pinged_then_closed_with_4201() {
 
 #[tokio::test]
 async fn answering_pings_keeps_the_connection() {
-    let server = TestServer::with(|c| {
-        c.activity_timeout = Duration::from_secs(1);
-        c.pong_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let server = keep_alive_server(1, 1).await;
     let mut client = server.connect().await;
     for _ in 0..3 {
         assert_eq!(client.recv().await["event"], "pusher:ping");
@@ -149,11 +151,7 @@ async fn answering_pings_keeps_the_connection() {
 
 #[tokio::test]
 async fn a_client_that_keeps_talking_is_never_pinged() {
-    let server = TestServer::with(|c| {
-        c.activity_timeout = Duration::from_secs(1);
-        c.pong_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let server = keep_alive_server(1, 1).await;
     let mut client = server.connect().await;
     // 2.4 s of a frame every 300 ms: the server's idle timer (1 s) keeps
     // being pushed back, so every frame that arrives is our pong, never a
@@ -169,11 +167,7 @@ async fn a_client_that_keeps_talking_is_never_pinged() {
 
 #[tokio::test]
 async fn after_a_pong_the_next_ping_comes_one_activity_timeout_later_even_with_a_longer_pong_timeout() {
-    let server = TestServer::with(|c| {
-        c.activity_timeout = Duration::from_secs(1);
-        c.pong_timeout = Duration::from_secs(4);
-    })
-    .await;
+    let server = keep_alive_server(1, 4).await;
     let mut client = server.connect().await;
     assert_eq!(client.recv().await["event"], "pusher:ping");
     client.send(json!({"event": "pusher:pong", "data": {}})).await;

@@ -97,6 +97,40 @@ impl Outlet for Taken {
     }
 }
 
+/// A namespace with `subscribers` connections spread over `channels`
+/// channels, connection `i`'s frames going to `outlet(i)`; returns the
+/// namespace, the channel names and the connections (kept alive).
+fn subscribed_outlets(
+    metrics: AppMetrics,
+    subscribers: usize,
+    channels: usize,
+    mut outlet: impl FnMut(usize) -> Arc<dyn Outlet>,
+) -> (Namespace, Vec<String>, Vec<Arc<Connection>>) {
+    let ns = Namespace::new("bench", metrics, Arc::new(NoLifecycle), Arc::new(SingleNode));
+    let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
+    let conns = (0..subscribers)
+        .map(|i| {
+            let conn = Connection::with_outlet(SocketId { major: 1, minor: i as u64 }, outlet(i));
+            let request =
+                Subscription { channel: names[i % channels].clone(), member: None, max_members: 100, is_cache: false };
+            ns.subscribe(&conn, &request, false).unwrap();
+            conn
+        })
+        .collect();
+    (ns, names, conns)
+}
+
+/// One broadcast to every channel, as a REST call makes it: serialize the
+/// event, encode the frame once, `fan_out`.
+fn broadcast_each(runtime: &tokio::runtime::Runtime, ns: &Namespace, names: &[String], payload: &str) {
+    runtime.block_on(async {
+        for name in names {
+            let json = message::event("bench-event", Some(name), EventData::Text(payload), None);
+            black_box(ns.fan_out(name, &text_frame(json), None, false).await);
+        }
+    })
+}
+
 /// Everything a broadcast costs before the kernel's writes, as the server
 /// runs it: serialize the event, encode the frame once, `fan_out` (the
 /// yielding loop) to N connections whose outlet takes the bytes.
@@ -109,31 +143,11 @@ fn fanout_outlet(c: &mut Criterion) {
     for subscribers in [10_000usize, 19_000] {
         group.throughput(Throughput::Elements(subscribers as u64));
         for channels in [1usize, 50] {
-            let ns = Namespace::new("bench", registry.app("bench"), Arc::new(NoLifecycle), Arc::new(SingleNode));
-            let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
             let outlet = Arc::new(Taken(Default::default()));
-            let _conns: Vec<_> = (0..subscribers)
-                .map(|i| {
-                    let conn = Connection::with_outlet(SocketId { major: 1, minor: i as u64 }, outlet.clone());
-                    let request = Subscription {
-                        channel: names[i % channels].clone(),
-                        member: None,
-                        max_members: 100,
-                        is_cache: false,
-                    };
-                    ns.subscribe(&conn, &request, false).unwrap();
-                    conn
-                })
-                .collect();
+            let (ns, names, _conns) =
+                subscribed_outlets(registry.app("bench"), subscribers, channels, |_| outlet.clone());
             group.bench_function(BenchmarkId::new(format!("{channels}ch"), subscribers), |b| {
-                b.iter(|| {
-                    runtime.block_on(async {
-                        for name in &names {
-                            let json = message::event("bench-event", Some(name), EventData::Text(&payload), None);
-                            black_box(ns.fan_out(name, &text_frame(json), None, false).await);
-                        }
-                    })
-                })
+                b.iter(|| broadcast_each(&runtime, &ns, &names, &payload))
             });
         }
     }
@@ -188,42 +202,25 @@ fn fanout_outlets(c: &mut Criterion) {
     for subscribers in [10_000usize, 19_000] {
         group.throughput(Throughput::Elements(subscribers as u64));
         for channels in [1usize, 50] {
-            let ns = Namespace::new("bench", registry.app("bench"), Arc::new(NoLifecycle), Arc::new(SingleNode));
-            let names: Vec<String> = (0..channels).map(|c| format!("bench-{c}")).collect();
             let ready = Arc::new(parking_lot::Mutex::new(Vec::new()));
             let mut footprint = Vec::new();
             let mut outlets = Vec::new();
-            let _conns: Vec<_> = (0..subscribers)
-                .map(|i| {
-                    footprint.push(vec![1u8; 6 * 1024]);
-                    let outlet = Arc::new_cyclic(|me| Queued {
-                        pending: parking_lot::Mutex::new((None, 0, false)),
-                        ready: ready.clone(),
-                        me: me.clone(),
-                    });
-                    outlets.push(outlet.clone());
-                    let conn = Connection::with_outlet(SocketId { major: 1, minor: i as u64 }, outlet);
-                    let request = Subscription {
-                        channel: names[i % channels].clone(),
-                        member: None,
-                        max_members: 100,
-                        is_cache: false,
-                    };
-                    ns.subscribe(&conn, &request, false).unwrap();
-                    conn
-                })
-                .collect();
+            let (ns, names, _conns) = subscribed_outlets(registry.app("bench"), subscribers, channels, |_| {
+                footprint.push(vec![1u8; 6 * 1024]);
+                let outlet = Arc::new_cyclic(|me| Queued {
+                    pending: parking_lot::Mutex::new((None, 0, false)),
+                    ready: ready.clone(),
+                    me: me.clone(),
+                });
+                outlets.push(outlet.clone());
+                outlet
+            });
             group.bench_function(BenchmarkId::new(format!("{channels}ch"), subscribers), |b| {
                 b.iter_custom(|iters| {
                     let mut timed = Duration::ZERO;
                     for _ in 0..iters {
                         let started = Instant::now();
-                        runtime.block_on(async {
-                            for name in &names {
-                                let json = message::event("bench-event", Some(name), EventData::Text(&payload), None);
-                                black_box(ns.fan_out(name, &text_frame(json), None, false).await);
-                            }
-                        });
+                        broadcast_each(&runtime, &ns, &names, &payload);
                         timed += started.elapsed();
                         for out in std::mem::take(&mut *ready.lock()) {
                             *out.pending.lock() = (None, 0, false);

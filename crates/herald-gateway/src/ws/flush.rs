@@ -86,11 +86,10 @@ impl Flusher {
                         ahead.prefetch_flush();
                     }
                     out.flush();
-                    if (i + 1) % FLUSH_STEP == 0 {
+                    if (i + 1) % FLUSH_STEP == 0 || i + 1 == batch.len() {
                         tokio::task::yield_now().await;
                     }
                 }
-                tokio::task::yield_now().await;
                 batch.clear();
             }
         }

@@ -55,7 +55,7 @@ pub(super) async fn run(
         Admission::Refuse(code) => {
             tracing::debug!(code = code.as_u16(), "connection refused");
             conn.close(code);
-            writer::run(out, conn).await;
+            writer::goodbye(&out, &conn).await;
             return;
         }
     };
@@ -68,13 +68,13 @@ pub(super) async fn run(
         Err(AdapterError::OverQuota(_)) => {
             app.metrics.rejected(Rejection::OverConnectionQuota);
             conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
-            writer::run(out, conn).await;
+            writer::goodbye(&out, &conn).await;
             return;
         }
         Err(e) => {
             tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
             conn.close(ErrorCode::APP_NOT_FOUND);
-            writer::run(out, conn).await;
+            writer::goodbye(&out, &conn).await;
             return;
         }
     }

@@ -5,9 +5,8 @@
 //! (`socket.rs`, `flush.rs`) is drained by the session's own loop
 //! (`session.rs`), so there is no writer task per connection. When a close
 //! is requested the loop ends and [`goodbye`] sends `pusher:error` and a
-//! close frame with the same code, then ends the stream. [`run`] serves a
-//! connection that is refused before its session starts: it waits for the
-//! close request and says goodbye.
+//! close frame with the same code, then ends the stream; a connection refused
+//! before its session starts gets the same goodbye at once.
 
 use std::time::Duration;
 
@@ -19,31 +18,6 @@ use super::socket::{Drained, Outbound};
 
 /// How long a closing handshake may take.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Drains the queue until a close is requested (or the socket fails), then
-/// says goodbye: for connections refused before their session starts.
-pub(super) async fn run(out: std::sync::Arc<Outbound>, conn: std::sync::Arc<Connection>) {
-    let closing = conn.closing();
-    tokio::pin!(closing);
-    'serve: loop {
-        tokio::select! {
-            biased;
-            _ = &mut closing => break,
-            _ = out.queued() => {}
-        }
-        loop {
-            match out.drain() {
-                Drained::Empty => break,
-                Drained::Dead => break 'serve,
-                Drained::Blocked => tokio::select! {
-                    ready = out.writable() => if ready.is_err() { break 'serve },
-                    _ = &mut closing => break 'serve,
-                },
-            }
-        }
-    }
-    goodbye(&out, &conn).await;
-}
 
 /// Seals the queue and sends the closing frames: with a requested close
 /// code, what was waiting is dropped (a partly written frame is finished)
