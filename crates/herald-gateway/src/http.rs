@@ -6,6 +6,13 @@
 //! through `warp::service`. Each accepted socket carries its per-IP slot
 //! ([`IpSlot`]) inside its IO, so a WebSocket keeps the slot after hyper
 //! hands the socket over on upgrade, until the socket is dropped.
+//!
+//! Before hyper sees a connection, its first bytes are read here and
+//! offered to a [`Takeover`] (the WebSocket endpoint's fast handshake): a
+//! well-formed upgrade is served without hyper, warp or a second write;
+//! anything else goes to hyper with the bytes already read put back in
+//! front of the socket ([`Slotted`]'s prefix), so hyper sees the very
+//! same byte stream.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use herald_metrics::NodeMetrics;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -91,17 +98,20 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
     last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
 }
 
-/// An accepted socket and the per-IP slot it holds.
+/// An accepted socket, the per-IP slot it holds, and the bytes read from
+/// it before hyper took it (read again first).
 pub(crate) struct Slotted {
     io: TokioIo<TcpStream>,
     slot: Option<IpSlot>,
+    prefix: Bytes,
 }
 
 impl Slotted {
     /// The socket back from hyper (after a WebSocket upgrade), with the
-    /// slot, which the caller keeps for as long as it serves the socket.
-    pub(crate) fn into_parts(self) -> (TcpStream, Option<IpSlot>) {
-        (self.io.into_inner(), self.slot)
+    /// slot, which the caller keeps for as long as it serves the socket,
+    /// and whatever of the prefix hyper had not read yet.
+    pub(crate) fn into_parts(self) -> (TcpStream, Option<IpSlot>, Bytes) {
+        (self.io.into_inner(), self.slot, self.prefix)
     }
 }
 
@@ -109,9 +119,55 @@ impl hyper::rt::Read for Slotted {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+/// A new connection's first bytes, offered to a [`Takeover`] before hyper.
+pub(crate) struct Early {
+    pub stream: TcpStream,
+    pub slot: Option<IpSlot>,
+    /// Everything read so far: at least the start of the first request.
+    pub read: BytesMut,
+}
+
+/// Serves some connections itself, from their first bytes, instead of
+/// hyper (the WebSocket endpoint's handshake, `ws::handshake`).
+pub(crate) trait Takeover: Send + Sync + 'static {
+    /// Takes the connection (and owns it from now on), or gives it back
+    /// untouched for hyper: every byte in `early.read` is still unread as
+    /// far as hyper is concerned.
+    fn take(&self, early: Early) -> Result<(), Early>;
+}
+
+/// The most read before hyper: a WebSocket upgrade request from a browser
+/// (with cookies) fits; a longer head is hyper's to read.
+const FIRST_READ: usize = 4096;
+
+/// Waits (until `deadline`) for the connection's first bytes and reads
+/// what has arrived. `None`: the client closed, failed or sent nothing in time.
+async fn first_read(stream: &TcpStream, deadline: tokio::time::Instant) -> Option<Result<BytesMut, ()>> {
+    let mut read = BytesMut::with_capacity(FIRST_READ);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return Some(Err(())),
+            Ok(Err(_)) => return None,
+            Ok(Ok(())) => {}
+        }
+        match stream.try_read_buf(&mut read) {
+            Ok(0) => return None,
+            Ok(_) => return Some(Ok(read)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
     }
 }
 
@@ -150,6 +206,8 @@ pub struct Settings {
     /// where the WebSocket upgrade counts by `X-Forwarded-For` instead).
     pub cap_by_peer: bool,
     pub metrics: NodeMetrics,
+    /// Offered each connection's first bytes before hyper.
+    pub takeover: Option<Arc<dyn Takeover>>,
 }
 
 /// Serves `filter` on `listener` until `stop`; then stops accepting, asks
@@ -191,9 +249,32 @@ where
         let stop = stop.clone();
         match slot {
             Ok(slot) => {
-                let io = Slotted { io: TokioIo::new(stream), slot };
                 let service = with_peer(filter.clone(), peer);
+                let takeover = settings.takeover.clone();
+                let head_timeout = settings.head_timeout;
                 conns.spawn(async move {
+                    let deadline = tokio::time::Instant::now() + head_timeout;
+                    let (stream, slot, prefix) = match takeover {
+                        None => (stream, slot, Bytes::new()),
+                        Some(takeover) => {
+                            let read = tokio::select! {
+                                read = first_read(&stream, deadline) => read,
+                                _ = stop.cancelled() => return,
+                            };
+                            match read {
+                                None => return,
+                                Some(Err(())) => return finished_early(&metrics),
+                                Some(Ok(read)) => match takeover.take(Early { stream, slot, read }) {
+                                    Ok(()) => return,
+                                    Err(early) => (early.stream, early.slot, early.read.freeze()),
+                                },
+                            }
+                        }
+                    };
+                    // What is left of the head's time is hyper's.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    builder.header_read_timeout(left.max(Duration::from_millis(1)));
+                    let io = Slotted { io: TokioIo::new(stream), slot, prefix };
                     let conn = builder.serve_connection(io, service).with_upgrades();
                     tokio::pin!(conn);
                     let result = tokio::select! {
@@ -257,6 +338,13 @@ fn finished(result: Result<(), hyper::Error>, metrics: &NodeMetrics) {
         }
         Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
     }
+}
+
+/// No request head in time, before hyper was involved: counted as hyper's
+/// own header-read timeout is.
+fn finished_early(metrics: &NodeMetrics) {
+    metrics.http_timeout_rejections.increment(1);
+    tracing::debug!("request head not received in time");
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -53,6 +53,7 @@ impl Server {
             ip_limits: state.ip_limits.clone(),
             cap_by_peer: !state.config.trust_forwarded_for,
             metrics: state.metrics.node().clone(),
+            takeover: Some(crate::ws::FastHandshake::new(state.clone())),
         };
         let http = vec![
             tokio::spawn(crate::http::serve(listener, public, settings, state.shutdown.clone())),

@@ -3,10 +3,12 @@
 //! refused to the flusher) per connection.
 
 mod flush;
+mod handshake;
 mod session;
 mod socket;
 mod upgrade;
 mod writer;
 
 pub use flush::Flushers;
+pub use handshake::FastHandshake;
 pub use upgrade::route;

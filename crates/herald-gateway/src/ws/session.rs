@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use herald_adapter::{send_counted, text_frame, AdapterError, Connection, PresenceFull, Subscription};
+use herald_adapter::{send_counted, text_frame, AdapterError, Connection, PresenceFull, Pushed, Subscription};
 use herald_metrics::Rejection;
 use herald_protocol::message::{self, ClientMessage, EventData};
 use herald_protocol::presence::{parse_channel_data, parse_user_data};
@@ -36,13 +36,16 @@ use crate::hub;
 use crate::state::State;
 
 /// Serves one upgraded WebSocket until it closes. `early` holds the
-/// bytes hyper read past the handshake (the client's first frames).
+/// bytes read past the handshake (the client's first frames); `preface`,
+/// when not empty, is the handshake's 101, not yet written: it goes out in
+/// the same write as the first frame.
 pub(super) async fn run(
     state: Arc<State>,
     sock: TcpStream,
     early: Bytes,
     config: WebSocketConfig,
     admission: Admission,
+    preface: Bytes,
 ) {
     let sock = Arc::new(sock);
     let socket_id = SocketId::random();
@@ -54,6 +57,7 @@ pub(super) async fn run(
         Admission::Accept(app) => app,
         Admission::Refuse(code) => {
             tracing::debug!(code = code.as_u16(), "connection refused");
+            out.push_preface(&preface);
             conn.close(code);
             writer::goodbye(&out, &conn).await;
             return;
@@ -67,12 +71,14 @@ pub(super) async fn run(
         Ok(()) => {}
         Err(AdapterError::OverQuota(_)) => {
             app.metrics.rejected(Rejection::OverConnectionQuota);
+            out.push_preface(&preface);
             conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
             writer::goodbye(&out, &conn).await;
             return;
         }
         Err(e) => {
             tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
+            out.push_preface(&preface);
             conn.close(ErrorCode::APP_NOT_FOUND);
             writer::goodbye(&out, &conn).await;
             return;
@@ -80,11 +86,19 @@ pub(super) async fn run(
     }
     app.metrics.connection_opened();
     let activity_timeout = state.config.activity_timeout;
-    send_counted(
-        &conn,
-        text_frame(message::connection_established(socket_id, activity_timeout.as_secs())),
-        &app.metrics,
-    );
+    let established = text_frame(message::connection_established(socket_id, activity_timeout.as_secs()));
+    if preface.is_empty() {
+        send_counted(&conn, established, &app.metrics);
+    } else {
+        // The 101 and `connection_established` in one write: the client
+        // is woken once for both.
+        let mut both = BytesMut::with_capacity(preface.len() + established.wire().len());
+        both.extend_from_slice(&preface);
+        both.extend_from_slice(established.wire());
+        if out.push_preface(&both.freeze()) == Pushed::Accepted {
+            app.metrics.delivered(1, established.len());
+        }
+    }
 
     let mut session = Session {
         state: state.clone(),

@@ -210,6 +210,16 @@ impl Outbound {
         Pushed::Accepted
     }
 
+    /// Sends the handshake's 101 (with the first frame, if it goes along)
+    /// as a reply: the socket is new and idle, so it is written at once.
+    /// Nothing when `bytes` is empty (hyper wrote the 101 already).
+    pub(super) fn push_preface(&self, bytes: &Bytes) -> Pushed {
+        if bytes.is_empty() {
+            return Pushed::Accepted;
+        }
+        self.push_bytes(bytes, true)
+    }
+
     /// Writes `bytes` to the idle socket now; what the kernel refuses is
     /// queued for the session to drain.
     fn write_now(&self, mut pending: parking_lot::MutexGuard<'_, Pending>, bytes: &Bytes) -> Pushed {

@@ -63,18 +63,18 @@ fn upgrade(
     peer: Option<PeerAddr>,
 ) -> Reply {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let connection_upgrade = header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade || !header("upgrade").eq_ignore_ascii_case("websocket") {
-        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
-    }
-    if header("sec-websocket-version") != "13" {
-        let mut r = plain(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
-        r.headers_mut().insert("sec-websocket-version", "13".parse().expect("static header"));
-        return r;
-    }
-    let ws_key = header("sec-websocket-key");
-    let (Some(on_upgrade), false) = (on_upgrade, ws_key.is_empty()) else {
-        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key or upgrade state");
+    let ws_key = match check_headers(header) {
+        Ok(key) => key,
+        Err(NotHandshake::NotUpgrade) => return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"),
+        Err(NotHandshake::Version) => {
+            let mut r = plain(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
+            r.headers_mut().insert("sec-websocket-version", "13".parse().expect("static header"));
+            return r;
+        }
+        Err(NotHandshake::NoKey) => return plain(StatusCode::BAD_REQUEST, MISSING_KEY),
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return plain(StatusCode::BAD_REQUEST, MISSING_KEY);
     };
     if state.is_draining() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
@@ -105,8 +105,10 @@ fn upgrade(
             Ok(Ok(upgraded)) => match upgraded.downcast::<Slotted>() {
                 Ok(parts) => {
                     // The socket is ours again: broadcasts write to it directly.
-                    let (sock, _slot) = parts.io.into_parts();
-                    session::run(task_state, sock, parts.read_buf, config, admission).await;
+                    let (sock, _slot, unread) = parts.io.into_parts();
+                    let early =
+                        if unread.is_empty() { parts.read_buf } else { [parts.read_buf, unread].concat().into() };
+                    session::run(task_state, sock, early, config, admission, Bytes::new()).await;
                 }
                 Err(_) => tracing::warn!("upgraded connection is not one of our sockets; dropped"),
             },
@@ -126,8 +128,38 @@ fn upgrade(
         .expect("valid 101 response")
 }
 
+const MISSING_KEY: &str = "missing Sec-WebSocket-Key or upgrade state";
+
+/// Why a request is not a WebSocket handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotHandshake {
+    /// No `Connection: upgrade` + `Upgrade: websocket`.
+    NotUpgrade,
+    /// Not `Sec-WebSocket-Version: 13`.
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    NoKey,
+}
+
+/// Checks a handshake's headers (`header` gives a header's first value,
+/// or "" when absent); returns the client's `Sec-WebSocket-Key`. Both
+/// handshakes (hyper's and `handshake.rs`) ask this one question.
+pub(super) fn check_headers<'h>(header: impl Fn(&str) -> &'h str) -> Result<&'h str, NotHandshake> {
+    let connection_upgrade = header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade || !header("upgrade").eq_ignore_ascii_case("websocket") {
+        return Err(NotHandshake::NotUpgrade);
+    }
+    if header("sec-websocket-version") != "13" {
+        return Err(NotHandshake::Version);
+    }
+    match header("sec-websocket-key") {
+        "" => Err(NotHandshake::NoKey),
+        key => Ok(key),
+    }
+}
+
 /// Small read buffer, bounded write buffer, Pusher-sized messages.
-fn ws_config(state: &State) -> WebSocketConfig {
+pub(super) fn ws_config(state: &State) -> WebSocketConfig {
     let max = state.config.max_frame_bytes;
     WebSocketConfig::default()
         .read_buffer_size(1024)
@@ -137,7 +169,7 @@ fn ws_config(state: &State) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-fn admit(state: &State, key: &str, query: &str) -> Admission {
+pub(super) fn admit(state: &State, key: &str, query: &str) -> Admission {
     let protocol = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .unwrap_or_default()
         .into_iter()
