@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use herald_metrics::NodeMetrics;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -131,46 +131,6 @@ impl hyper::rt::Read for Slotted {
     }
 }
 
-/// A new connection's first bytes, offered to a [`Takeover`] before hyper.
-pub(crate) struct Early {
-    pub stream: TcpStream,
-    pub slot: Option<IpSlot>,
-    /// Everything read so far: at least the start of the first request.
-    pub read: BytesMut,
-}
-
-/// Serves some connections itself, from their first bytes, instead of
-/// hyper (the WebSocket endpoint's handshake, `ws::handshake`).
-pub(crate) trait Takeover: Send + Sync + 'static {
-    /// Takes the connection (and owns it from now on), or gives it back
-    /// untouched for hyper: every byte in `early.read` is still unread as
-    /// far as hyper is concerned.
-    fn take(&self, early: Early) -> Result<(), Early>;
-}
-
-/// The most read before hyper: a WebSocket upgrade request from a browser
-/// (with cookies) fits; a longer head is hyper's to read.
-const FIRST_READ: usize = 4096;
-
-/// Waits (until `deadline`) for the connection's first bytes and reads
-/// what has arrived. `None`: the client closed, failed or sent nothing in time.
-async fn first_read(stream: &TcpStream, deadline: tokio::time::Instant) -> Option<Result<BytesMut, ()>> {
-    let mut read = BytesMut::with_capacity(FIRST_READ);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.readable()).await {
-            Err(_) => return Some(Err(())),
-            Ok(Err(_)) => return None,
-            Ok(Ok(())) => {}
-        }
-        match stream.try_read_buf(&mut read) {
-            Ok(0) => return None,
-            Ok(_) => return Some(Ok(read)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return None,
-        }
-    }
-}
-
 impl hyper::rt::Write for Slotted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
@@ -194,6 +154,89 @@ impl hyper::rt::Write for Slotted {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// A new connection's first bytes, offered to a [`Takeover`] before hyper.
+pub(crate) struct Early<'a> {
+    pub stream: TcpStream,
+    pub slot: Option<IpSlot>,
+    /// Everything read so far (at least the start of the first request),
+    /// in a buffer on the stack: copy what must outlive the call.
+    pub read: &'a [u8],
+}
+
+/// Serves some connections itself, from their first bytes, instead of
+/// hyper (the WebSocket endpoint's handshake, `ws::handshake`).
+pub(crate) trait Takeover: Send + Sync + 'static {
+    /// Takes the connection (and owns it from now on), or gives it back
+    /// untouched for hyper: every byte in `early.read` is still unread as
+    /// far as hyper is concerned.
+    fn take<'a>(&self, early: Early<'a>) -> Result<(), Early<'a>>;
+}
+
+/// The most read before hyper: a WebSocket upgrade request from a browser
+/// (with cookies) fits; a longer head is hyper's to read.
+const FIRST_READ: usize = 4096;
+
+/// What became of a connection offered to a [`Takeover`].
+enum Offered {
+    /// The takeover serves it.
+    Taken,
+    /// Closed or failed before sending anything.
+    Gone,
+    /// Nothing to read yet (a spurious readiness).
+    NotYet(TcpStream, Option<IpSlot>),
+    /// Hyper's, with the bytes already read.
+    Declined(TcpStream, Option<IpSlot>, Bytes),
+}
+
+/// Reads what has arrived (into a stack buffer: no heap block per
+/// connection, and nothing kept in the connection task's future) and
+/// offers it; only what is given back to hyper is copied out.
+fn offer(takeover: &dyn Takeover, stream: TcpStream, slot: Option<IpSlot>) -> Offered {
+    let mut buf = [0u8; FIRST_READ];
+    match stream.try_read(&mut buf) {
+        Ok(0) => Offered::Gone,
+        Ok(n) => match takeover.take(Early { stream, slot, read: &buf[..n] }) {
+            Ok(()) => Offered::Taken,
+            Err(early) => Offered::Declined(early.stream, early.slot, Bytes::copy_from_slice(early.read)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Offered::NotYet(stream, slot),
+        Err(_) => Offered::Gone,
+    }
+}
+
+/// Waits for a new connection's first bytes (until `deadline` or `stop`)
+/// and offers them to `takeover`. `None`: nothing more to do with it.
+async fn offer_first_bytes(
+    takeover: &dyn Takeover,
+    mut stream: TcpStream,
+    mut slot: Option<IpSlot>,
+    deadline: tokio::time::Instant,
+    stop: &CancellationToken,
+    metrics: &NodeMetrics,
+) -> Option<(TcpStream, Option<IpSlot>, Bytes)> {
+    loop {
+        tokio::select! {
+            ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
+                Err(_) => {
+                    // No request head in time, before hyper was involved:
+                    // counted as hyper's own header-read timeout is.
+                    metrics.http_timeout_rejections.increment(1);
+                    tracing::debug!("request head not received in time");
+                    return None;
+                }
+                Ok(Err(_)) => return None,
+                Ok(Ok(())) => {}
+            },
+            _ = stop.cancelled() => return None,
+        }
+        match offer(takeover, stream, slot) {
+            Offered::Taken | Offered::Gone => return None,
+            Offered::NotYet(s, sl) => (stream, slot) = (s, sl),
+            Offered::Declined(s, sl, read) => return Some((s, sl, read)),
+        }
     }
 }
 
@@ -257,17 +300,9 @@ where
                     let (stream, slot, prefix) = match takeover {
                         None => (stream, slot, Bytes::new()),
                         Some(takeover) => {
-                            let read = tokio::select! {
-                                read = first_read(&stream, deadline) => read,
-                                _ = stop.cancelled() => return,
-                            };
-                            match read {
+                            match offer_first_bytes(&*takeover, stream, slot, deadline, &stop, &metrics).await {
+                                Some(declined) => declined,
                                 None => return,
-                                Some(Err(())) => return finished_early(&metrics),
-                                Some(Ok(read)) => match takeover.take(Early { stream, slot, read }) {
-                                    Ok(()) => return,
-                                    Err(early) => (early.stream, early.slot, early.read.freeze()),
-                                },
                             }
                         }
                     };
@@ -338,13 +373,6 @@ fn finished(result: Result<(), hyper::Error>, metrics: &NodeMetrics) {
         }
         Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
     }
-}
-
-/// No request head in time, before hyper was involved: counted as hyper's
-/// own header-read timeout is.
-fn finished_early(metrics: &NodeMetrics) {
-    metrics.http_timeout_rejections.increment(1);
-    tracing::debug!("request head not received in time");
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -83,32 +83,36 @@ fn parse<'a>(bytes: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Option
     Some(Upgrade { app_key, query, ws_key, head_len })
 }
 
-/// The 101 answer to a client's `Sec-WebSocket-Key`.
-fn switching_protocols(ws_key: &str) -> Bytes {
+/// Room for the 101 and a `connection_established` frame after it.
+const PREFACE_CAPACITY: usize = 384;
+
+/// The 101 answer to a client's `Sec-WebSocket-Key` (with room for the
+/// first frame: the session appends it and writes both at once).
+fn switching_protocols(ws_key: &str) -> BytesMut {
     let accept = derive_accept_key(ws_key.as_bytes());
-    let mut out = BytesMut::with_capacity(160);
+    let mut out = BytesMut::with_capacity(PREFACE_CAPACITY);
     out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n");
     out.put_slice(b"Sec-WebSocket-Accept: ");
     out.put_slice(accept.as_bytes());
     out.put_slice(b"\r\n\r\n");
-    out.freeze()
+    out
 }
 
 impl Takeover for FastHandshake {
-    fn take(&self, mut early: Early) -> Result<(), Early> {
+    fn take<'a>(&self, early: Early<'a>) -> Result<(), Early<'a>> {
         let state = &self.state;
         // The drain's 503 and a cap by forwarded address are the route's.
         if state.is_draining() || (state.config.trust_forwarded_for && state.ip_limits.enabled()) {
             return Err(early);
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Some(upgrade) = parse(&early.read, &mut headers) else {
+        let Some(upgrade) = parse(early.read, &mut headers) else {
             return Err(early);
         };
         let admission = admit(state, upgrade.app_key, upgrade.query);
         let preface = switching_protocols(upgrade.ws_key);
-        let head_len = upgrade.head_len;
-        let frames = early.read.split_off(head_len).freeze();
+        // The client's first frames, if it sent any along with the head.
+        let frames = Bytes::copy_from_slice(&early.read[upgrade.head_len..]);
         let config = ws_config(state);
         let task_state = state.clone();
         let Early { stream, slot, .. } = early;

@@ -38,14 +38,14 @@ use crate::state::State;
 /// Serves one upgraded WebSocket until it closes. `early` holds the
 /// bytes read past the handshake (the client's first frames); `preface`,
 /// when not empty, is the handshake's 101, not yet written: it goes out in
-/// the same write as the first frame.
+/// the same write as the first frame (it has room for that frame).
 pub(super) async fn run(
     state: Arc<State>,
     sock: TcpStream,
     early: Bytes,
     config: WebSocketConfig,
     admission: Admission,
-    preface: Bytes,
+    mut preface: BytesMut,
 ) {
     let sock = Arc::new(sock);
     let socket_id = SocketId::random();
@@ -57,7 +57,7 @@ pub(super) async fn run(
         Admission::Accept(app) => app,
         Admission::Refuse(code) => {
             tracing::debug!(code = code.as_u16(), "connection refused");
-            out.push_preface(&preface);
+            out.push_preface(preface);
             conn.close(code);
             writer::goodbye(&out, &conn).await;
             return;
@@ -71,14 +71,14 @@ pub(super) async fn run(
         Ok(()) => {}
         Err(AdapterError::OverQuota(_)) => {
             app.metrics.rejected(Rejection::OverConnectionQuota);
-            out.push_preface(&preface);
+            out.push_preface(preface);
             conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
             writer::goodbye(&out, &conn).await;
             return;
         }
         Err(e) => {
             tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
-            out.push_preface(&preface);
+            out.push_preface(preface);
             conn.close(ErrorCode::APP_NOT_FOUND);
             writer::goodbye(&out, &conn).await;
             return;
@@ -91,11 +91,10 @@ pub(super) async fn run(
         send_counted(&conn, established, &app.metrics);
     } else {
         // The 101 and `connection_established` in one write: the client
-        // is woken once for both.
-        let mut both = BytesMut::with_capacity(preface.len() + established.wire().len());
-        both.extend_from_slice(&preface);
-        both.extend_from_slice(established.wire());
-        if out.push_preface(&both.freeze()) == Pushed::Accepted {
+        // is woken once for both. (Taken by value: the session's future
+        // does not keep the bytes for the connection's life.)
+        preface.extend_from_slice(established.wire());
+        if out.push_preface(preface) == Pushed::Accepted {
             app.metrics.delivered(1, established.len());
         }
     }

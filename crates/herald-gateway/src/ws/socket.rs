@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use herald_adapter::{Connection, Frame, Outlet, Pushed};
 use herald_protocol::ErrorCode;
 use parking_lot::Mutex;
@@ -213,11 +213,11 @@ impl Outbound {
     /// Sends the handshake's 101 (with the first frame, if it goes along)
     /// as a reply: the socket is new and idle, so it is written at once.
     /// Nothing when `bytes` is empty (hyper wrote the 101 already).
-    pub(super) fn push_preface(&self, bytes: &Bytes) -> Pushed {
+    pub(super) fn push_preface(&self, bytes: BytesMut) -> Pushed {
         if bytes.is_empty() {
             return Pushed::Accepted;
         }
-        self.push_bytes(bytes, true)
+        self.push_bytes(&bytes.freeze(), true)
     }
 
     /// Writes `bytes` to the idle socket now; what the kernel refuses is

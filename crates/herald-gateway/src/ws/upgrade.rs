@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herald_metrics::Rejection as Rejected;
 use herald_protocol::ErrorCode;
 use hyper::upgrade::OnUpgrade;
@@ -108,7 +108,7 @@ fn upgrade(
                     let (sock, _slot, unread) = parts.io.into_parts();
                     let early =
                         if unread.is_empty() { parts.read_buf } else { [parts.read_buf, unread].concat().into() };
-                    session::run(task_state, sock, early, config, admission, Bytes::new()).await;
+                    session::run(task_state, sock, early, config, admission, BytesMut::new()).await;
                 }
                 Err(_) => tracing::warn!("upgraded connection is not one of our sockets; dropped"),
             },
