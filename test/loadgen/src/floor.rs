@@ -62,6 +62,23 @@ pub struct Readers {
     /// between groups, so more writes pay for waking them.
     pub groups: usize,
     pub group_gap: std::time::Duration,
+    /// Reading processes, each with its share of the sockets (as the load
+    /// generator's `--workers`): more processes on the reader's core mean
+    /// more of them asleep, so more writes pay a wake-up.
+    pub procs: usize,
+    /// Write the sockets in a fixed random order instead of the order they
+    /// were accepted (and their kernel state allocated) in: a server's
+    /// subscriber lists are in no such order.
+    pub shuffle: bool,
+}
+
+/// A fixed pseudo-random permutation (Fisher–Yates over a 64-bit LCG).
+fn shuffle<T>(items: &mut [T]) {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..items.len()).rev() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        items.swap(i, ((state >> 33) % (i as u64 + 1)) as usize);
+    }
 }
 
 pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers) -> std::io::Result<FloorReport> {
@@ -74,13 +91,21 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
         // one descriptor per socket, as a server does, and the floor can be
         // measured at the server's socket count (19,000 here; the hard
         // descriptor limit is 20,000 per process).
-        let expected = sockets * rounds * frame.len();
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["floor-reader", "--addr", &addr.to_string(), "--sockets", &sockets.to_string()])
-            .args(["--expected", &expected.to_string()])
-            .args(readers_mode.reader_cpu.map(|c| format!("--cpu={c}")))
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+        let procs = readers_mode.procs.clamp(1, sockets.max(1));
+        let mut children = Vec::with_capacity(procs);
+        for p in 0..procs {
+            // Socket counts as even as they go: the first ones take the remainder.
+            let share = sockets / procs + usize::from(p < sockets % procs);
+            let expected = share * rounds * frame.len();
+            children.push(
+                std::process::Command::new(std::env::current_exe()?)
+                    .args(["floor-reader", "--addr", &addr.to_string(), "--sockets", &share.to_string()])
+                    .args(["--expected", &expected.to_string()])
+                    .args(readers_mode.reader_cpu.map(|c| format!("--cpu={c}")))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?,
+            );
+        }
         let mut writers = Vec::with_capacity(sockets);
         listener.set_nonblocking(true)?;
         while writers.len() < sockets {
@@ -91,21 +116,28 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
                     writers.push(server);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Some(status) = child.try_wait()? {
-                        return Err(std::io::Error::other(format!("floor reader ended early: {status}")));
+                    for child in &mut children {
+                        if let Some(status) = child.try_wait()? {
+                            return Err(std::io::Error::other(format!("floor reader ended early: {status}")));
+                        }
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Err(e) => return Err(e),
             }
         }
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")),
-            &mut ready,
-        )?;
-        if ready.trim() != "ready" {
-            return Err(std::io::Error::other(format!("floor reader did not start: {ready:?}")));
+        for child in &mut children {
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")),
+                &mut ready,
+            )?;
+            if ready.trim() != "ready" {
+                return Err(std::io::Error::other(format!("floor reader did not start: {ready:?}")));
+            }
+        }
+        if readers_mode.shuffle {
+            shuffle(&mut writers);
         }
         pin(readers_mode.writer_cpu);
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -125,9 +157,11 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
             per_round.push(cpu * 1e6 / sockets as f64);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let status = child.wait()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!("floor reader failed: {status}")));
+        for mut child in children {
+            let status = child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("floor reader failed: {status}")));
+            }
         }
     } else {
         let mut writers = Vec::with_capacity(sockets);
@@ -203,18 +237,29 @@ fn epoll_drain(readers: &[TcpStream], mut expected: usize) -> std::io::Result<us
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut buf = [0u8; 65536];
-    while expected > 0 {
+    let mut open = readers.len();
+    // Ends when everything arrived, after 5 s of silence, or when every
+    // writer has gone (a writer that died must not leave this spinning on
+    // end-of-stream events).
+    while expected > 0 && open > 0 {
         let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 5000) };
         if n <= 0 {
             break;
         }
         for e in &events[..n as usize] {
             let mut stream = &readers[e.u64 as usize];
-            while let Ok(got) = stream.read(&mut buf) {
-                if got == 0 {
-                    break;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(got) if got > 0 => expected = expected.saturating_sub(got),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // End of stream or a failed socket: stop watching it.
+                    _ => {
+                        let no_event = std::ptr::null_mut();
+                        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, stream.as_raw_fd(), no_event) };
+                        open -= 1;
+                        break;
+                    }
                 }
-                expected = expected.saturating_sub(got);
             }
         }
     }
@@ -249,6 +294,8 @@ mod tests {
             reader_cpu: None,
             groups: 1,
             group_gap: std::time::Duration::ZERO,
+            procs: 1,
+            shuffle: false,
         };
         let r = super::run(4, 100, 2, readers).unwrap();
         assert_eq!(r.frame_bytes, 102);

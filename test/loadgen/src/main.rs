@@ -156,6 +156,15 @@ struct FloorArgs {
     /// The pause between groups, µs (not counted).
     #[arg(long, default_value_t = 300)]
     group_gap_us: u64,
+    /// With live readers: reading processes sharing the sockets (as the
+    /// load generator's `--workers`, which `test/bench.sh` sets to one per
+    /// 9,500 clients).
+    #[arg(long, default_value_t = 1)]
+    reader_procs: usize,
+    /// Write the sockets in a fixed random order, as a server's subscriber
+    /// lists are, not in the order their kernel state was allocated.
+    #[arg(long)]
+    shuffle: bool,
     #[arg(long)]
     json: bool,
 }
@@ -190,6 +199,8 @@ fn main() -> std::process::ExitCode {
                     reader_cpu: args.reader_cpu,
                     groups: args.groups,
                     group_gap: std::time::Duration::from_micros(if args.groups > 1 { args.group_gap_us } else { 0 }),
+                    procs: args.reader_procs,
+                    shuffle: args.shuffle,
                 },
         )
         .map_err(|e| e.to_string()).map(|report| {

@@ -164,6 +164,12 @@ impl Outbound {
         })
     }
 
+    /// The socket's descriptor (tests).
+    #[cfg(test)]
+    pub(super) fn sock_fd(&self) -> i32 {
+        self.sock.as_raw_fd()
+    }
+
     /// The socket, for plain non-blocking calls.
     fn raw(&self) -> &socket2::Socket {
         &self.raw
@@ -204,7 +210,7 @@ impl Outbound {
         drop(pending);
         if idle {
             if let Some(me) = self.me.upgrade() {
-                self.flusher.schedule(me);
+                self.flusher.schedule(self.raw.as_raw_fd(), me);
             }
         }
         Pushed::Accepted
@@ -303,7 +309,11 @@ impl Outbound {
                 *slot = IoSlice::new(bytes);
                 count += 1;
             }
-            let written = if raw {
+            let written = if raw && count == 1 {
+                // One frame (a lone broadcast, the common case): a plain
+                // `send`, which skips `sendmsg`'s header and iovec import.
+                self.raw().send(&slices[0])
+            } else if raw {
                 self.raw().send_vectored(&slices[..count])
             } else {
                 self.sock.try_write_vectored(&slices[..count])
