@@ -70,6 +70,12 @@ pub struct Readers {
     /// were accepted (and their kernel state allocated) in: a server's
     /// subscriber lists are in no such order.
     pub shuffle: bool,
+    /// The pause between rounds (not counted). Match the benchmark's
+    /// `--interval-ms`: a receiver idle for longer than TCP's
+    /// retransmission timeout (200 ms or more) acknowledges the next
+    /// segment at once ("quick ack"), and on loopback that acknowledgement
+    /// is processed inside the writer's `send`.
+    pub round_gap: std::time::Duration,
 }
 
 /// A fixed pseudo-random permutation (Fisher–Yates over a 64-bit LCG).
@@ -155,7 +161,7 @@ pub fn run(sockets: usize, payload: usize, rounds: usize, readers_mode: Readers)
                 }
             }
             per_round.push(cpu * 1e6 / sockets as f64);
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(readers_mode.round_gap);
         }
         for mut child in children {
             let status = child.wait()?;
@@ -296,6 +302,7 @@ mod tests {
             group_gap: std::time::Duration::ZERO,
             procs: 1,
             shuffle: false,
+            round_gap: std::time::Duration::from_millis(50),
         };
         let r = super::run(4, 100, 2, readers).unwrap();
         assert_eq!(r.frame_bytes, 102);

@@ -165,6 +165,12 @@ struct FloorArgs {
     /// lists are, not in the order their kernel state was allocated.
     #[arg(long)]
     shuffle: bool,
+    /// Pause between rounds, ms (not counted): as the run's
+    /// `--interval-ms`, since a receiver idle for longer than TCP's
+    /// retransmission timeout acknowledges the next frame at once, inside
+    /// the writer's `send` on loopback.
+    #[arg(long, default_value_t = 50)]
+    round_gap_ms: u64,
     #[arg(long)]
     json: bool,
 }
@@ -201,6 +207,7 @@ fn main() -> std::process::ExitCode {
                     group_gap: std::time::Duration::from_micros(if args.groups > 1 { args.group_gap_us } else { 0 }),
                     procs: args.reader_procs,
                     shuffle: args.shuffle,
+                    round_gap: std::time::Duration::from_millis(args.round_gap_ms),
                 },
         )
         .map_err(|e| e.to_string()).map(|report| {
