@@ -215,16 +215,15 @@ async fn offer_first_bytes(
     mut slot: Option<IpSlot>,
     deadline: tokio::time::Instant,
     stop: &CancellationToken,
-    metrics: &NodeMetrics,
 ) -> Option<(TcpStream, Option<IpSlot>, Bytes)> {
     loop {
         tokio::select! {
             ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
+                // Not a byte in the head's time: closed, and not counted
+                // (as hyper does with a silent connection; a half-sent
+                // head is hyper's, which counts it).
                 Err(_) => {
-                    // No request head in time, before hyper was involved:
-                    // counted as hyper's own header-read timeout is.
-                    metrics.http_timeout_rejections.increment(1);
-                    tracing::debug!("request head not received in time");
+                    tracing::debug!("nothing received within the head timeout");
                     return None;
                 }
                 Ok(Err(_)) => return None,
@@ -299,12 +298,10 @@ where
                     let deadline = tokio::time::Instant::now() + head_timeout;
                     let (stream, slot, prefix) = match takeover {
                         None => (stream, slot, Bytes::new()),
-                        Some(takeover) => {
-                            match offer_first_bytes(&*takeover, stream, slot, deadline, &stop, &metrics).await {
-                                Some(declined) => declined,
-                                None => return,
-                            }
-                        }
+                        Some(takeover) => match offer_first_bytes(&*takeover, stream, slot, deadline, &stop).await {
+                            Some(declined) => declined,
+                            None => return,
+                        },
                     };
                     // What is left of the head's time is hyper's.
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -103,16 +103,22 @@ impl Flusher {
                 if batch.is_empty() {
                     break;
                 }
-                for (i, ready) in batch.iter().enumerate() {
-                    if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                // Each entry is dropped right after its write, while its
+                // `Outbound` (whose reference count the drop touches) is
+                // still in cache, not in a second pass over all of them.
+                let mut entries = batch.drain(..);
+                let mut done = 0;
+                while let Some(ready) = entries.next() {
+                    if let Some(ahead) = entries.as_slice().get(PREFETCH_AHEAD - 1) {
                         ahead.out.prefetch_flush();
                     }
                     ready.out.flush();
-                    if (i + 1) % FLUSH_STEP == 0 || i + 1 == batch.len() {
+                    drop(ready);
+                    done += 1;
+                    if done % FLUSH_STEP == 0 || entries.len() == 0 {
                         tokio::task::yield_now().await;
                     }
                 }
-                batch.clear();
             }
         }
     }
