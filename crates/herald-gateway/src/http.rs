@@ -125,6 +125,10 @@ impl hyper::rt::Read for Slotted {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An advanced-to-empty `Bytes` still holds its allocation.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -215,14 +219,15 @@ async fn offer_first_bytes(
     mut slot: Option<IpSlot>,
     deadline: tokio::time::Instant,
     stop: &CancellationToken,
+    metrics: &NodeMetrics,
 ) -> Option<(TcpStream, Option<IpSlot>, Bytes)> {
     loop {
         tokio::select! {
             ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
-                // Not a byte in the head's time: closed, and not counted
-                // (as hyper does with a silent connection; a half-sent
-                // head is hyper's, which counts it).
+                // Not a byte in the head's time: closed and counted, as
+                // hyper's own head timer does with a silent connection.
                 Err(_) => {
+                    metrics.http_timeout_rejections.increment(1);
                     tracing::debug!("nothing received within the head timeout");
                     return None;
                 }
@@ -298,14 +303,17 @@ where
                     let deadline = tokio::time::Instant::now() + head_timeout;
                     let (stream, slot, prefix) = match takeover {
                         None => (stream, slot, Bytes::new()),
-                        Some(takeover) => match offer_first_bytes(&*takeover, stream, slot, deadline, &stop).await {
-                            Some(declined) => declined,
-                            None => return,
-                        },
+                        Some(takeover) => {
+                            match offer_first_bytes(&*takeover, stream, slot, deadline, &stop, &metrics).await {
+                                Some(declined) => declined,
+                                None => return,
+                            }
+                        }
                     };
-                    // What is left of the head's time is hyper's.
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    builder.header_read_timeout(left.max(Duration::from_millis(1)));
+                    // hyper keeps its own head timeout, which also bounds
+                    // every later request and idle gap on this connection
+                    // (a first head that arrived in pieces may so get up to
+                    // twice `head_timeout` in all).
                     let io = Slotted { io: TokioIo::new(stream), slot, prefix };
                     let conn = builder.serve_connection(io, service).with_upgrades();
                     tokio::pin!(conn);

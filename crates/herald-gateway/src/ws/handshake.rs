@@ -62,12 +62,27 @@ fn parse<'a>(bytes: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Option
         Some((path, query)) => (path, query),
         None => (request.path?, ""),
     };
+    // Only what `http::Uri` accepts too (httparse lets more through, which
+    // hyper answers with 400).
+    if !path.bytes().chain(query.bytes()).all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b)) {
+        return None;
+    }
     let app_key = path.strip_prefix("/app/")?;
     // Percent-encoded or nested paths are the route's to decode or refuse.
     if app_key.is_empty() || app_key.contains(['/', '%']) {
         return None;
     }
     let headers: &'a [httparse::Header<'a>] = request.headers;
+    // Header values as hyper's `to_str` reads them: visible ASCII, spaces
+    // and tabs; anything else is hyper's to judge.
+    if !headers.iter().all(|h| h.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))) {
+        return None;
+    }
+    // A body (even an empty or malformed length) is hyper's to judge.
+    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if has("content-length") || has("transfer-encoding") {
+        return None;
+    }
     let header = |name: &str| -> &'a str {
         headers
             .iter()
@@ -75,10 +90,6 @@ fn parse<'a>(bytes: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Option
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .unwrap_or("")
     };
-    // A body would be the next request's business: hyper's.
-    if !header("content-length").is_empty() || !header("transfer-encoding").is_empty() {
-        return None;
-    }
     let ws_key = check_headers(header).ok()?;
     Some(Upgrade { app_key, query, ws_key, head_len })
 }
@@ -172,6 +183,10 @@ mod tests {
         let line = "GET /app/k HTTP/1.1";
         assert_eq!(parsed(&head(line, "Content-Length: 3\r\n")), None);
         assert_eq!(parsed(&head(line, "Transfer-Encoding: chunked\r\n")), None);
+        assert_eq!(parsed(&head(line, "Content-Length:\r\n")), None, "an empty length is still a length");
+        assert_eq!(parsed(&head(line, "X-Odd: caf\u{e9}\r\n")), None, "a non-ASCII header value");
+        assert_eq!(parsed(&head("GET /app/k{ HTTP/1.1", "")), None, "a byte http::Uri refuses");
+        assert_eq!(parsed(&head("GET /app/k?a=<b> HTTP/1.1", "")), None, "in the query too");
         let wrong_version = head(line, "").replace("Version: 13", "Version: 8");
         assert_eq!(parsed(&wrong_version), None);
         let no_upgrade = head(line, "").replace("Upgrade: WebSocket", "Upgrade: h2c");

@@ -106,8 +106,13 @@ fn upgrade(
                 Ok(parts) => {
                     // The socket is ours again: broadcasts write to it directly.
                     let (sock, _slot, unread) = parts.io.into_parts();
-                    let early =
-                        if unread.is_empty() { parts.read_buf } else { [parts.read_buf, unread].concat().into() };
+                    // Moved or dropped here: nothing read survives into the session.
+                    let early = if unread.is_empty() {
+                        drop(unread);
+                        parts.read_buf
+                    } else {
+                        [parts.read_buf, unread].concat().into()
+                    };
                     session::run(task_state, sock, early, config, admission, BytesMut::new()).await;
                 }
                 Err(_) => tracing::warn!("upgraded connection is not one of our sockets; dropped"),
