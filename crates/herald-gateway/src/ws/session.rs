@@ -57,9 +57,7 @@ pub(super) async fn run(
         Admission::Accept(app) => app,
         Admission::Refuse(code) => {
             tracing::debug!(code = code.as_u16(), "connection refused");
-            out.push_preface(preface);
-            conn.close(code);
-            writer::goodbye(&out, &conn).await;
+            refuse(&out, &conn, preface, code).await;
             return;
         }
     };
@@ -71,16 +69,12 @@ pub(super) async fn run(
         Ok(()) => {}
         Err(AdapterError::OverQuota(_)) => {
             app.metrics.rejected(Rejection::OverConnectionQuota);
-            out.push_preface(preface);
-            conn.close(ErrorCode::OVER_CONNECTION_QUOTA);
-            writer::goodbye(&out, &conn).await;
+            refuse(&out, &conn, preface, ErrorCode::OVER_CONNECTION_QUOTA).await;
             return;
         }
         Err(e) => {
             tracing::error!(app = %app.config.id, error = %e, "cannot register connection");
-            out.push_preface(preface);
-            conn.close(ErrorCode::APP_NOT_FOUND);
-            writer::goodbye(&out, &conn).await;
+            refuse(&out, &conn, preface, ErrorCode::APP_NOT_FOUND).await;
             return;
         }
     }
@@ -117,6 +111,14 @@ pub(super) async fn run(
     // cleanup (a full queue, a slow fabric) hold up the close frame.
     tokio::join!(state.cleanup.depart(&app.id, conn.clone()), writer::goodbye(&out, &conn));
     app.metrics.connection_closed();
+}
+
+/// Refuses a connection before its session starts: the handshake's 101
+/// (when not yet written) goes first, then `pusher:error` and the close.
+async fn refuse(out: &Outbound, conn: &Connection, preface: BytesMut, code: ErrorCode) {
+    out.push_preface(preface);
+    conn.close(code);
+    writer::goodbye(out, conn).await;
 }
 
 struct Session {
